@@ -1,0 +1,198 @@
+//! The shape of the YAML file, as serde sees it.
+//!
+//! Every struct denies unknown fields, so a typo is an error with its YAML path rather than a
+//! silently ignored setting. Nothing here is checked beyond its type: `validate.rs` turns this
+//! into a [`super::Config`] and reports every semantic problem at once.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A human-readable duration (`500ms`, `10s`, `1m 30s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
+    pub grace_period: Option<HumanDuration>,
+    pub graceful_shutdown_timeout: Option<HumanDuration>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub header_read_timeout: Option<HumanDuration>,
+    pub keepalive_timeout: Option<HumanDuration>,
+    pub keepalive_requests: Option<u32>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    /// Plaintext listeners only: answer every request with a 308 to the https listener.
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub certificates: Vec<CertificateFile>,
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: String,
+    pub key: String,
+    /// Serve this one when SNI matches no certificate (or is absent). Default: the first.
+    #[serde(default)]
+    pub default: bool,
+    /// Generate a self-signed certificate for these files when both are missing (demo only).
+    #[serde(default)]
+    pub self_signed_if_missing: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingFile {
+    pub level: Option<String>,
+    pub file: Option<String>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BackendFile {
+    Address(String),
+    Detailed(BackendDetailFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendDetailFile {
+    pub address: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SelectionFile {
+    Name(String),
+    ConsistentHash { consistent_hash: ConsistentHashFile },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistentHashFile {
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub kind: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub expected_status: Option<u16>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub healthy_after: Option<usize>,
+    #[serde(default)]
+    pub unhealthy_after: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsFile {
+    pub connect: Option<HumanDuration>,
+    pub read: Option<HumanDuration>,
+    pub write: Option<HumanDuration>,
+    pub idle: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// Server name sent in SNI and verified against the backend's certificate.
+    pub sni: String,
+    /// Verify the backend certificate against the system roots (or `ca_file`). Default true.
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub backends: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub selection: Option<SelectionFile>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: MatchFile,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub prefix: String,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// Top-level sections. Each is kept as raw YAML here and deserialized on its own, so an error in
+/// one section (or one upstream, or one route) does not hide the errors in the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopFile {
+    #[serde(default)]
+    pub server: Option<serde_yaml::Value>,
+    pub listeners: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub logging: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub trusted_proxies: Option<serde_yaml::Value>,
+    pub upstreams: BTreeMap<String, serde_yaml::Value>,
+    pub routes: Vec<serde_yaml::Value>,
+}
+
+fn yes() -> bool {
+    true
+}

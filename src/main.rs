@@ -1,0 +1,58 @@
+//! The `tollgate` command: validate a config, or run the edge.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tollgate::{build_server, Config, StartOptions};
+
+/// An HTTPS edge proxy on Pingora.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short, long, default_value = "conf/tollgate.yaml")]
+    config: PathBuf,
+    /// Validate the configuration and exit (non-zero with every error when invalid).
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Take the listening sockets over from a running instance, which is then sent SIGQUIT.
+    #[arg(short, long)]
+    upgrade: bool,
+    /// Run in the background.
+    #[arg(short, long)]
+    daemon: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: {}: {e}", cli.config.display());
+            return ExitCode::from(1);
+        }
+    };
+    if cli.test {
+        println!("tollgate: configuration {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = tollgate::logging::init(&config.logging) {
+        eprintln!("tollgate: cannot open log file: {e}");
+        return ExitCode::from(1);
+    }
+    let opts = StartOptions {
+        config_path: cli.config.clone(),
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+    };
+    match build_server(config, &opts) {
+        Ok(built) => {
+            tollgate::server::run(built);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Per-request state, grouped by concern: the runtime snapshot, who asked, where it goes, and
+//! the upstream attempts made.
+
+use super::forwarding::{self, TrustedProxies};
+use crate::runtime::{Route, Runtime};
+use crate::upstream::{BackendState, InFlight};
+use pingora::http::RequestHeader;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Ctx {
+    /// The runtime this request started on; a reload never changes it mid-request.
+    pub runtime: Arc<Runtime>,
+    pub request: RequestMeta,
+    pub route: Option<Arc<Route>>,
+    pub upstream: Attempts,
+}
+
+impl Ctx {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Ctx {
+            runtime,
+            request: RequestMeta::default(),
+            route: None,
+            upstream: Attempts::default(),
+        }
+    }
+}
+
+/// Who sent the request and how to name it.
+pub struct RequestMeta {
+    pub id: String,
+    /// The socket peer.
+    pub peer_ip: IpAddr,
+    /// The client, per the trusted-proxy rules (the one client-ip value used everywhere).
+    pub client_ip: IpAddr,
+    pub started: Instant,
+    /// Path and query to send upstream when it differs from what the client sent.
+    pub upstream_path: Option<String>,
+}
+
+impl Default for RequestMeta {
+    fn default() -> Self {
+        RequestMeta {
+            id: String::new(),
+            peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            started: Instant::now(),
+            upstream_path: None,
+        }
+    }
+}
+
+impl RequestMeta {
+    /// Reads identity from the request: client ip and a kept or generated request id.
+    pub fn read(req: &RequestHeader, peer: IpAddr, trusted: &TrustedProxies) -> Self {
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+        let client_ip = trusted.client_ip(peer, header("x-forwarded-for"));
+        let id = header("x-request-id")
+            .filter(|v| trusted.contains(peer) && forwarding::acceptable_request_id(v))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string)
+            .unwrap_or_else(forwarding::new_request_id);
+        RequestMeta {
+            id,
+            peer_ip: peer,
+            client_ip,
+            started: Instant::now(),
+            upstream_path: None,
+        }
+    }
+}
+
+/// The backends this request tried, and the one it is on now.
+#[derive(Default)]
+pub struct Attempts {
+    /// Addresses tried so far, in order; a retry never picks one of these again.
+    pub tried: Vec<SocketAddr>,
+    current: Option<InFlight>,
+    /// When the request header went to the current backend.
+    pub sent_at: Option<Instant>,
+    response_after: Option<Duration>,
+}
+
+impl Attempts {
+    /// Starts an attempt on `backend` (ending the previous one, if any).
+    pub fn begin(&mut self, backend: Arc<BackendState>) {
+        self.tried.push(backend.addr);
+        self.current = Some(backend.begin());
+        self.sent_at = None;
+        self.response_after = None;
+    }
+
+    /// The backend's response header arrived.
+    pub fn responded(&mut self) {
+        self.response_after = self.sent_at.map(|t| t.elapsed());
+    }
+
+    /// Time from sending the request header to receiving the response header.
+    pub fn latency(&self) -> Option<Duration> {
+        self.response_after
+    }
+
+    pub fn last_backend(&self) -> Option<&str> {
+        self.current.as_ref().map(|c| c.backend().label.as_str())
+    }
+
+    /// The request is done with its backend.
+    pub fn finish(&mut self) {
+        self.current = None;
+    }
+}

@@ -1,0 +1,94 @@
+//! A deadline for the whole request header, not just for each read.
+//!
+//! Pingora times out each read of the request header separately, so a client that dribbles one
+//! byte every few seconds (slowloris) holds a connection forever. [`HeaderDeadline`] wraps the
+//! proxy app: if the header has not been read when the deadline passes, the connection is
+//! dropped. The proxy says "header read" from `early_request_filter` through a task-local flag,
+//! which is cheap and needs no change to Pingora.
+//!
+//! On a reused keep-alive connection the wait for the next request is idle time, bounded by
+//! the keep-alive timeout, so there the deadline is keep-alive timeout + header timeout.
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+tokio::task_local! {
+    static HEADER_READ: Cell<bool>;
+}
+
+/// Called by the proxy once the request header is parsed.
+pub fn header_read() {
+    let _ = HEADER_READ.try_with(|flag| flag.set(true));
+}
+
+/// Wraps an HTTP app with a request-header deadline.
+pub struct HeaderDeadline<A> {
+    inner: Arc<A>,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+}
+
+impl<A> HeaderDeadline<A> {
+    pub fn new(inner: A, header_timeout: Duration, keepalive_timeout: Duration) -> Self {
+        HeaderDeadline {
+            inner: Arc::new(inner),
+            header_timeout,
+            keepalive_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> HttpServerApp for HeaderDeadline<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // h2 streams arrive with their header already parsed; the h2 layer has its own limits.
+        if session.is_http2() {
+            return self.inner.process_new_http(session, shutdown).await;
+        }
+        let deadline = if session.get_keepalive().is_some() {
+            self.keepalive_timeout + self.header_timeout
+        } else {
+            self.header_timeout
+        };
+        let work = HEADER_READ.scope(Cell::new(false), async {
+            let inner = self.inner.process_new_http(session, shutdown);
+            tokio::pin!(inner);
+            tokio::select! {
+                done = &mut inner => done,
+                _ = tokio::time::sleep(deadline) => {
+                    if HEADER_READ.with(Cell::get) {
+                        inner.await
+                    } else {
+                        log::debug!("request header not complete within {deadline:?}, closing");
+                        None
+                    }
+                }
+            }
+        });
+        work.await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}

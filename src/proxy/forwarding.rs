@@ -1,0 +1,156 @@
+//! Who the client is, and the forwarding headers we tell the backend.
+//!
+//! [`TrustedProxies::client_ip`] is the one client-ip function: everything that keys on the
+//! client (logs, consistent hashing, rate limits) uses it, so a spoofed `X-Forwarded-For` from
+//! an untrusted peer is ignored everywhere at once.
+
+use ipnet::IpNet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+/// Peers allowed to tell us who the client is.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client address: the socket peer, unless it is a trusted proxy, in which case the
+    /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (the standard
+    /// right-to-left walk, so a client cannot prepend a fake address).
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&[u8]>) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.contains(peer) {
+            return peer;
+        }
+        let Some(xff) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return peer;
+        };
+        let mut client = peer;
+        for hop in xff.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = canonical(ip);
+                    if !self.contains(client) {
+                        return client;
+                    }
+                }
+                // A malformed hop ends what we can trust.
+                Err(_) => return client,
+            }
+        }
+        client
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The `X-Forwarded-For` value to send upstream: the trusted chain plus the peer, or only the
+/// client when the peer is not trusted (its claims are dropped, not passed on).
+pub fn forwarded_for(
+    trusted: &TrustedProxies,
+    peer: IpAddr,
+    incoming: Option<&[u8]>,
+) -> String {
+    let peer = canonical(peer);
+    let mut out = String::with_capacity(48);
+    if trusted.contains(peer) {
+        if let Some(prev) = incoming.and_then(|v| std::str::from_utf8(v).ok()) {
+            let prev = prev.trim();
+            if !prev.is_empty() {
+                out.push_str(prev);
+                out.push_str(", ");
+            }
+        }
+    }
+    let _ = write!(out, "{peer}");
+    out
+}
+
+/// An incoming request id we keep: short, visible ASCII, from a trusted peer.
+pub fn acceptable_request_id(value: &[u8]) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A new random request id (128 bits, hex).
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().expect("cidr")).collect())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    /// An untrusted peer's X-Forwarded-For is ignored: the client is the peer.
+    #[test]
+    fn spoofed_forwarded_for_from_untrusted_peer_is_ignored() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(t.client_ip(ip("203.0.113.9"), Some(b"1.2.3.4")), ip("203.0.113.9"));
+    }
+
+    /// Behind trusted proxies, the right-most untrusted hop is the client.
+    #[test]
+    fn trusted_chain_yields_rightmost_untrusted_hop() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let xff = b"6.6.6.6, 198.51.100.7, 10.1.1.1";
+        assert_eq!(t.client_ip(ip("10.0.0.2"), Some(xff)), ip("198.51.100.7"));
+    }
+
+    /// A malformed entry stops the walk at the last address we could trust.
+    #[test]
+    fn malformed_hop_stops_the_walk() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(t.client_ip(ip("10.0.0.2"), Some(b"junk, 10.3.3.3")), ip("10.3.3.3"));
+    }
+
+    /// IPv4-mapped IPv6 peers match IPv4 CIDRs.
+    #[test]
+    fn mapped_ipv6_matches_ipv4_cidr() {
+        let t = trusted(&["127.0.0.0/8"]);
+        assert!(t.contains(ip("::ffff:127.0.0.1")));
+    }
+
+    /// The forwarded chain is extended for trusted peers and reset for untrusted ones.
+    #[test]
+    fn forwarded_for_extends_only_trusted_chains() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(
+            forwarded_for(&t, ip("10.0.0.2"), Some(b"1.1.1.1")),
+            "1.1.1.1, 10.0.0.2"
+        );
+        assert_eq!(forwarded_for(&t, ip("8.8.8.8"), Some(b"1.1.1.1")), "8.8.8.8");
+    }
+
+    /// Request ids are 32 hex chars and kept only when well-formed.
+    #[test]
+    fn request_ids_are_validated() {
+        assert_eq!(new_request_id().len(), 32);
+        assert!(acceptable_request_id(b"abc-123"));
+        assert!(!acceptable_request_id(b"has space"));
+        assert!(!acceptable_request_id(&[b'a'; 200]));
+    }
+}

@@ -1,0 +1,341 @@
+//! The request path: Tollgate's [`ProxyHttp`] implementation.
+//!
+//! ```text
+//! new_ctx                  snapshot the runtime (one Arc for the whole request)
+//! early_request_filter     header deadline met; keep-alive settings
+//! request_filter           normalize path -> route (404) -> client ip, request id
+//! upstream_peer            group.select(healthy && not tried) -> peer (503)
+//! fail_to_connect          nothing was sent: retry on another backend
+//! error_while_proxy        retry only a reused pool connection that died (Pingora's rule)
+//! upstream_request_filter  path rewrite, X-Forwarded-*, X-Request-Id
+//! response_filter          X-Request-Id back to the client
+//! fail_to_proxy            JSON error (502/503/504), detail to the error log
+//! logging                  one access-log line
+//! ```
+//! Each phase stays short; the decisions live in modules that take plain inputs.
+
+pub mod ctx;
+pub mod deadline;
+pub mod forwarding;
+pub mod respond;
+
+use crate::config::HashKey;
+use crate::logging::AccessLine;
+use crate::routing::{normalize_path, strip_prefix};
+use crate::runtime::SharedRuntime;
+use async_trait::async_trait;
+use ctx::{Ctx, RequestMeta};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::ErrorType::{self, HTTPStatus};
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+/// Most attempts one request makes when connections fail (each on a different backend).
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// The proxy service's request logic.
+pub struct Tollgate {
+    runtime: SharedRuntime,
+    keepalive_secs: u64,
+}
+
+impl Tollgate {
+    pub fn new(runtime: SharedRuntime) -> Self {
+        let keepalive_secs = runtime.load().config.server.keepalive_timeout.as_secs().max(1);
+        Tollgate {
+            runtime,
+            keepalive_secs,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Tollgate {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new(self.runtime.load_full())
+    }
+
+    /// Marks the request header as read in time and keeps the connection alive for the next.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        deadline::header_read();
+        session.set_keepalive(Some(self.keepalive_secs));
+        Ok(())
+    }
+
+    /// Routes the request; returns `Ok(true)` when a response (400/404) was already written.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let req = session.req_header();
+        ctx.request = RequestMeta::read(req, peer, &ctx.runtime.trusted);
+
+        let path = match normalize_path(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                log::debug!("request {}: rejected path: {e}", ctx.request.id);
+                return reply(session, ctx, 400, "bad request path").await;
+            }
+        };
+        let host = request_host(req);
+        let Some(found) = ctx.runtime.router.lookup(host.as_deref(), &path) else {
+            return reply(session, ctx, 404, "no route").await;
+        };
+        let route = found.value.clone();
+        let upstream_path = if route.strip_prefix {
+            strip_prefix(&path, found.prefix)
+        } else {
+            path
+        };
+        if upstream_path != req.uri.path() {
+            ctx.request.upstream_path = Some(with_query(&upstream_path, req.uri.query()));
+        }
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    /// Picks a backend that is healthy and that this request has not tried yet.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
+        let group = &route.group;
+        let key = hash_key(group.hash_key(), session.req_header(), ctx.request.client_ip);
+        let tried = &ctx.upstream.tried;
+        let Some(backend) = group.select(&key, |b| !tried.contains(&b.addr)) else {
+            return Err(Error::explain(
+                HTTPStatus(503),
+                format!("upstream {}: no healthy backend left to try", group.name),
+            ));
+        };
+        let peer = group.peer(&backend);
+        ctx.upstream.begin(backend);
+        Ok(Box::new(peer))
+    }
+
+    /// Nothing reached the backend, so another backend may take the request.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let backends = ctx.route.as_ref().map_or(0, |r| r.group.backends().len());
+        let tried = ctx.upstream.tried.len();
+        e.set_retry(tried < backends && tried < MAX_CONNECT_ATTEMPTS);
+        e
+    }
+
+    /// Errors after connecting: retried only when Pingora's rule allows (idempotent request,
+    /// body not streamed, failure on a reused pooled connection before anything was sent).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Rewrites the path and adds the forwarding headers.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(path) = &ctx.request.upstream_path {
+            let uri = path
+                .parse::<http::Uri>()
+                .or_err(ErrorType::InternalError, "rewritten path is not a valid uri")?;
+            upstream.set_uri(uri);
+        }
+        let tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        let peer = ctx.request.peer_ip;
+        let xff = forwarding::forwarded_for(
+            &ctx.runtime.trusted,
+            peer,
+            upstream.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+        );
+        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if let Some(host) = request_host(session.req_header()) {
+            if upstream.headers.get(http::header::HOST).is_none() {
+                upstream.insert_header(http::header::HOST, host.as_ref())?;
+            }
+            upstream.insert_header("x-forwarded-host", host.as_ref())?;
+        }
+        upstream.insert_header("x-request-id", ctx.request.id.as_str())?;
+        ctx.upstream.sent_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Notes when the backend's response header arrived.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream.responded();
+        Ok(())
+    }
+
+    /// Returns the request id to the client.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request.id.as_str())?;
+        Ok(())
+    }
+
+    /// Answers a failed request with a JSON error; the detail goes to the error log.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
+    where
+        Ctx: Send + Sync,
+    {
+        let code = status_for(e);
+        if code >= 500 {
+            log::error!("request {}: {code}: {e}", ctx.request.id);
+        } else if code > 0 {
+            log::debug!("request {}: {code}: {e}", ctx.request.id);
+        }
+        if code > 0 && session.response_written().is_none() {
+            let message = respond::default_message(code);
+            if let Err(we) = respond::write_error(session, code, message, &ctx.request.id).await {
+                log::debug!("request {}: cannot write error response: {we}", ctx.request.id);
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Writes the access-log line; never fails the request.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| e.map(status_for))
+            .unwrap_or(0);
+        if ctx.runtime.config.logging.access_log {
+            let req = session.req_header();
+            AccessLine {
+                request_id: &ctx.request.id,
+                client_ip: ctx.request.client_ip,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                route: ctx.route.as_ref().map(|r| r.name.as_str()),
+                upstream: ctx.route.as_ref().map(|r| r.group.name.as_str()),
+                backend: ctx.upstream.last_backend(),
+                status,
+                bytes: session.body_bytes_sent(),
+                latency_ms: ms(ctx.request.started.elapsed()),
+                upstream_latency_ms: ctx.upstream.latency().map(ms),
+                attempts: ctx.upstream.tried.len(),
+            }
+            .write();
+        }
+        ctx.upstream.finish();
+    }
+}
+
+/// Writes a decided response and ends the request.
+async fn reply(session: &mut Session, ctx: &Ctx, code: u16, message: &str) -> Result<bool> {
+    respond::write_error(session, code, message, &ctx.request.id).await?;
+    Ok(true)
+}
+
+/// The status a failed request is answered with (0: the client is gone, write nothing).
+fn status_for(e: &Error) -> u16 {
+    use pingora::ErrorSource;
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => match e.esource()
+        {
+            ErrorSource::Downstream => 408,
+            _ => 504,
+        },
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// The request's host without port: the Host header, or the h2 `:authority`.
+fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    Some(Cow::Borrowed(raw))
+}
+
+/// The bytes consistent hashing keys on; the client ip when the header or cookie is absent.
+fn hash_key(key: Option<&HashKey>, req: &RequestHeader, client: IpAddr) -> Vec<u8> {
+    let from_request = match key {
+        None => return Vec::new(),
+        Some(HashKey::ClientIp) => None,
+        Some(HashKey::Header(name)) => req.headers.get(name).map(|v| v.as_bytes().to_vec()),
+        Some(HashKey::Cookie(name)) => cookie(req, name).map(|v| v.as_bytes().to_vec()),
+    };
+    from_request.unwrap_or_else(|| match client {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    })
+}
+
+/// The value of cookie `name`, from any `Cookie` header.
+fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}

@@ -1,0 +1,178 @@
+//! Live reload: re-read the file, build a whole new runtime off to the side, swap it in.
+//!
+//! A file that fails validation, a certificate that fails to load, or a runtime that fails to
+//! build changes nothing: the old config keeps serving and the errors are returned. Certificates
+//! are swapped into each listener's resolver only after everything else succeeded. Listener
+//! changes (addresses, adding or removing listeners) cannot be applied in place; the reload
+//! applies the rest and says so, pointing at the `--upgrade` + `SIGQUIT` hand-off.
+
+use crate::config::{Config, ListenerKind};
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::tls::{CertStore, SniResolver};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReloadOutcome {
+    pub applied: bool,
+    pub errors: Vec<String>,
+    /// Applied, but with parts that need a restart or hand-off.
+    pub warnings: Vec<String>,
+}
+
+/// Reloads the config file into the running server.
+pub struct Reloader {
+    path: PathBuf,
+    runtime: SharedRuntime,
+    resolvers: HashMap<String, Arc<SniResolver>>,
+    /// One reload at a time (SIGHUP and the admin API may race).
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        runtime: SharedRuntime,
+        resolvers: HashMap<String, Arc<SniResolver>>,
+    ) -> Self {
+        Reloader {
+            path,
+            runtime,
+            resolvers,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Reloads the file; on any error nothing changes.
+    pub fn reload(&self) -> ReloadOutcome {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = match self.try_reload() {
+            Ok(warnings) => ReloadOutcome {
+                applied: true,
+                errors: Vec::new(),
+                warnings,
+            },
+            Err(errors) => ReloadOutcome {
+                applied: false,
+                errors,
+                warnings: Vec::new(),
+            },
+        };
+        if outcome.applied {
+            log::info!("configuration reloaded from {}", self.path.display());
+            for w in &outcome.warnings {
+                log::warn!("reload: {w}");
+            }
+        } else {
+            log::error!(
+                "reload refused, still serving the previous configuration:\n  {}",
+                outcome.errors.join("\n  ")
+            );
+        }
+        outcome
+    }
+
+    fn try_reload(&self) -> Result<Vec<String>, Vec<String>> {
+        let config = Config::load(&self.path).map_err(|e| e.errors())?;
+        let current = self.runtime.load_full();
+        let warnings = listener_changes(&current.config, &config);
+
+        let mut stores = Vec::new();
+        for (index, l) in config.listeners.iter().enumerate() {
+            let (ListenerKind::Https(tls), Some(resolver)) = (&l.kind, self.resolvers.get(&l.name))
+            else {
+                continue;
+            };
+            let store = CertStore::load(&tls.certificates, tls.default_certificate)
+                .map_err(|e| vec![format!("listeners[{index}].tls: {e}")])?;
+            stores.push((resolver.clone(), store));
+        }
+        let runtime = Runtime::build(config, Some(&current)).map_err(|e| vec![e.to_string()])?;
+        for (resolver, store) in stores {
+            resolver.replace(store);
+        }
+        self.runtime.store(Arc::new(runtime));
+        Ok(warnings)
+    }
+}
+
+/// Listener differences a reload cannot apply.
+fn listener_changes(old: &Config, new: &Config) -> Vec<String> {
+    let shape = |c: &Config| -> Vec<(String, String, &'static str)> {
+        c.listeners
+            .iter()
+            .map(|l| {
+                let kind = match &l.kind {
+                    ListenerKind::Https(_) => "https",
+                    ListenerKind::Http {
+                        redirect_https: true,
+                    } => "redirect",
+                    ListenerKind::Http { .. } => "http",
+                };
+                (l.name.clone(), l.address.to_string(), kind)
+            })
+            .collect()
+    };
+    let mut warnings = Vec::new();
+    if shape(old) != shape(new) {
+        warnings.push(
+            "listener changes are not applied by a reload; start a new process with --upgrade \
+             and send SIGQUIT to this one to hand the sockets over"
+                .to_string(),
+        );
+    }
+    if old.server != new.server || old.logging != new.logging {
+        warnings.push(
+            "server and logging settings are not applied by a reload; use the --upgrade + \
+             SIGQUIT hand-off"
+                .to_string(),
+        );
+    }
+    warnings
+}
+
+/// Reloads on every `SIGHUP`.
+pub struct ReloadWatcher {
+    reloader: Arc<Reloader>,
+}
+
+impl ReloadWatcher {
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        ReloadWatcher { reloader }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot watch SIGHUP, reload only through the admin API: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    let reloader = self.reloader.clone();
+                    // Reading files and building groups is blocking work.
+                    if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload()).await {
+                        log::error!("reload task failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+}

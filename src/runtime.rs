@@ -1,0 +1,96 @@
+//! The runtime: everything a request needs, built from one validated [`Config`].
+//!
+//! It sits behind an `ArcSwap` ([`SharedRuntime`]). A request takes one snapshot in `new_ctx`
+//! and keeps it to the end, so a reload never tears a request. Building a new runtime reuses
+//! every upstream group whose config did not change, so health state carries over.
+
+use crate::config::{Config, RouteConfig};
+use crate::proxy::forwarding::TrustedProxies;
+use crate::routing::{RouteSpec, Router};
+use crate::upstream::Group;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A route as the request path uses it.
+pub struct Route {
+    pub name: String,
+    pub prefix: String,
+    pub strip_prefix: bool,
+    pub group: Arc<Group>,
+}
+
+/// Routes, groups and policies of one configuration generation.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub router: Router<Arc<Route>>,
+    pub groups: HashMap<String, Arc<Group>>,
+    pub trusted: TrustedProxies,
+}
+
+/// The runtime currently serving, swapped atomically on reload.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+/// Why a validated config could still not become a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("routes[{0}]: duplicate host and prefix")]
+    DuplicateRoute(usize),
+    #[error("routes[{index}].upstream: unknown upstream {name:?}")]
+    UnknownUpstream { index: usize, name: String },
+}
+
+impl Runtime {
+    /// Builds a runtime; groups identical to one in `previous` are shared, not rebuilt.
+    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, BuildError> {
+        let groups: HashMap<String, Arc<Group>> = config
+            .upstreams
+            .iter()
+            .map(|(name, cfg)| {
+                let reused = previous
+                    .and_then(|p| p.groups.get(name))
+                    .filter(|g| g.config == *cfg)
+                    .cloned();
+                let group = reused.unwrap_or_else(|| Arc::new(Group::build(name, cfg)));
+                (name.clone(), group)
+            })
+            .collect();
+        let specs = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, r)| route_spec(index, r, &groups))
+            .collect::<Result<Vec<_>, _>>()?;
+        let router = Router::new(specs).map_err(|d| BuildError::DuplicateRoute(d.index))?;
+        Ok(Runtime {
+            trusted: TrustedProxies::new(config.trusted_proxies.clone()),
+            config: Arc::new(config),
+            router,
+            groups,
+        })
+    }
+}
+
+fn route_spec(
+    index: usize,
+    r: &RouteConfig,
+    groups: &HashMap<String, Arc<Group>>,
+) -> Result<RouteSpec<Arc<Route>>, BuildError> {
+    let group = groups
+        .get(&r.upstream)
+        .cloned()
+        .ok_or_else(|| BuildError::UnknownUpstream {
+            index,
+            name: r.upstream.clone(),
+        })?;
+    Ok(RouteSpec {
+        host: r.host.clone(),
+        prefix: r.prefix.clone(),
+        value: Arc::new(Route {
+            name: r.name.clone(),
+            prefix: r.prefix.clone(),
+            strip_prefix: r.strip_prefix,
+            group,
+        }),
+    })
+}

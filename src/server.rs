@@ -1,0 +1,208 @@
+//! Assembling a Pingora [`Server`] from a validated [`Config`], and running it.
+//!
+//! Services: the proxy (every serving listener, TLS by SNI), the plaintext redirect (if any
+//! listener redirects), the health checker, and the reload watcher. Pingora owns signals:
+//! `SIGTERM` drains within `grace_period`, `SIGQUIT` hands listeners to a process started with
+//! `--upgrade`; we add `SIGHUP` for reloads.
+
+use crate::config::{Config, ListenerKind};
+use crate::proxy::deadline::HeaderDeadline;
+use crate::proxy::Tollgate;
+use crate::redirect::Redirect;
+use crate::reload::{ReloadWatcher, Reloader};
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::tls::{CertStore, SniResolver, TlsError};
+use crate::upstream::health::HealthService;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How the process was started.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The file reloads re-read.
+    pub config_path: PathBuf,
+    /// Take the listening sockets over from a running instance (`SIGQUIT` hand-off).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listeners[{index}] ({name}): {source}")]
+    Certificate {
+        index: usize,
+        name: String,
+        source: TlsError,
+    },
+    #[error("{0}")]
+    Runtime(#[from] crate::runtime::BuildError),
+    #[error("listeners[{index}] ({name}): {message}")]
+    Listener {
+        index: usize,
+        name: String,
+        message: String,
+    },
+}
+
+/// A server ready to run, with handles tests and the admin side use.
+pub struct Built {
+    pub server: Server,
+    pub runtime: SharedRuntime,
+    pub reloader: Arc<Reloader>,
+}
+
+/// Builds the server and all its services; nothing listens until it runs.
+pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartError> {
+    let server_conf = server_conf(&config);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let mut resolvers = HashMap::new();
+    for (index, l) in config.listeners.iter().enumerate() {
+        if let ListenerKind::Https(tls) = &l.kind {
+            let store = CertStore::load(&tls.certificates, tls.default_certificate).map_err(
+                |source| StartError::Certificate {
+                    index,
+                    name: l.name.clone(),
+                    source,
+                },
+            )?;
+            resolvers.insert(l.name.clone(), Arc::new(SniResolver::new(store)));
+        }
+    }
+
+    let settings = config.server.clone();
+    let redirect_port = config.https_port();
+    let listeners = config.listeners.clone();
+    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None)?));
+
+    let mut proxy = pingora::proxy::http_proxy(&conf, Tollgate::new(runtime.clone()));
+    let mut options = HttpServerOptions::default();
+    options.keepalive_request_limit = Some(settings.keepalive_requests);
+    proxy.server_options = Some(options);
+    let app = HeaderDeadline::new(
+        proxy,
+        settings.header_read_timeout,
+        settings.keepalive_timeout,
+    );
+    let mut proxy_service = Service::new("tollgate proxy".to_string(), app);
+    let mut redirect_service = None;
+    for (index, l) in listeners.iter().enumerate() {
+        let addr = l.address.to_string();
+        match &l.kind {
+            ListenerKind::Https(tls) => {
+                let resolver = resolvers.get(&l.name).cloned().ok_or_else(|| {
+                    StartError::Listener {
+                        index,
+                        name: l.name.clone(),
+                        message: "no certificate store".into(),
+                    }
+                })?;
+                let mut ts = TlsSettings::intermediate("", "").map_err(|e| {
+                    StartError::Listener {
+                        index,
+                        name: l.name.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                ts.set_cert_resolver(resolver);
+                if tls.http2 {
+                    ts.enable_h2();
+                } else {
+                    ts.set_alpn(ALPN::H1);
+                }
+                proxy_service.add_tls_with_settings(&addr, None, ts);
+            }
+            ListenerKind::Http {
+                redirect_https: false,
+            } => proxy_service.add_tcp(&addr),
+            ListenerKind::Http {
+                redirect_https: true,
+            } => redirect_service
+                .get_or_insert_with(|| {
+                    let app = HttpServer::new_app(Redirect::new(redirect_port.unwrap_or(443)));
+                    Service::new("tollgate redirect".to_string(), app)
+                })
+                .add_tcp(&addr),
+        }
+    }
+    server.add_service(proxy_service);
+    if let Some(r) = redirect_service {
+        server.add_service(r);
+    }
+    server.add_service(background_service(
+        "health checks",
+        HealthService::new(runtime.clone()),
+    ));
+    let reloader = Arc::new(Reloader::new(
+        opts.config_path.clone(),
+        runtime.clone(),
+        resolvers,
+    ));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        ReloadWatcher::new(reloader.clone()),
+    ));
+    Ok(Built {
+        server,
+        runtime,
+        reloader,
+    })
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        pid_file: s.pid_file.display().to_string(),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    }
+}
+
+/// Runs with Pingora's Unix signal handling until the process is told to stop.
+pub fn run(built: Built) {
+    built.server.run(RunArgs::default());
+}
+
+/// Runs until `stop` fires (or its sender is dropped); for embedding and tests.
+pub fn run_until(built: Built, stop: tokio::sync::oneshot::Receiver<ShutdownSignal>) {
+    built.server.run(RunArgs {
+        shutdown_signal: Box::new(OneShotSignal(tokio::sync::Mutex::new(Some(stop)))),
+    });
+}
+
+struct OneShotSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for OneShotSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().await.take();
+        match rx {
+            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+            None => std::future::pending().await,
+        }
+    }
+}

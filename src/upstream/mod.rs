@@ -1,0 +1,207 @@
+//! Upstream groups: backends, how one is chosen, how it is reached, and whether it is healthy.
+//!
+//! A [`Group`] is built from one validated [`UpstreamConfig`] and never changes; a reload that
+//! leaves a group's config alone reuses the same `Arc<Group>`, so its health state carries over.
+//! Health checks run from [`health::HealthService`], a Pingora background service that follows
+//! whatever groups the current runtime has.
+
+pub mod health;
+pub mod selection;
+
+use crate::config::{HashKey, Selection, UpstreamConfig};
+use futures::FutureExt;
+use pingora::lb::discovery::Static;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
+use selection::Balancer;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What Tollgate tracks about one backend besides Pingora's health state.
+#[derive(Debug)]
+pub struct BackendState {
+    pub addr: SocketAddr,
+    /// `ip:port`, used in logs, metrics and the admin API.
+    pub label: String,
+    in_flight: AtomicU64,
+}
+
+impl BackendState {
+    fn new(addr: SocketAddr) -> Self {
+        BackendState {
+            addr,
+            label: addr.to_string(),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests currently sent to this backend and not yet finished.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight to a backend; dropping it (request done, or retried elsewhere) ends it.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One named group of backends.
+pub struct Group {
+    pub name: String,
+    pub config: UpstreamConfig,
+    balancer: Balancer,
+    backends: Vec<Arc<BackendState>>,
+    /// Pingora's view of the same backends (health is keyed by address and weight).
+    members: Vec<Backend>,
+    /// Template cloned for each request: timeouts and TLS settings of this group.
+    peer_template: HttpPeer,
+    last_check: Mutex<Option<Instant>>,
+    check_running: AtomicBool,
+}
+
+impl Group {
+    /// Builds a group from its validated config.
+    pub fn build(name: &str, config: &UpstreamConfig) -> Group {
+        let backends: Vec<Arc<BackendState>> = config
+            .backends
+            .iter()
+            .map(|b| Arc::new(BackendState::new(b.address)))
+            .collect();
+        let use_weights = !matches!(config.selection, Selection::RoundRobin);
+        let set: BTreeSet<Backend> = config
+            .backends
+            .iter()
+            .zip(&backends)
+            .map(|(b, state)| {
+                let mut backend = Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.address),
+                    weight: if use_weights { b.weight as usize } else { 1 },
+                    ext: Default::default(),
+                };
+                backend.ext.insert(state.clone());
+                backend
+            })
+            .collect();
+        let members: Vec<Backend> = set.iter().cloned().collect();
+        let balancer = match config.selection {
+            Selection::RoundRobin | Selection::Weighted => {
+                Balancer::RoundRobin(load_balancer(set, config, name))
+            }
+            Selection::Random => Balancer::Random(load_balancer(set, config, name)),
+            Selection::LeastConn => Balancer::LeastConn(load_balancer(set, config, name)),
+            Selection::ConsistentHash(_) => {
+                Balancer::Consistent(load_balancer(set, config, name))
+            }
+        };
+        Group {
+            name: name.to_string(),
+            config: config.clone(),
+            balancer,
+            backends,
+            members,
+            peer_template: peer_template(config),
+            last_check: Mutex::new(None),
+            check_running: AtomicBool::new(false),
+        }
+    }
+
+    /// The key consistent hashing uses, if this group hashes.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &self.config.selection {
+            Selection::ConsistentHash(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Picks a backend: the first in the algorithm's order that is healthy and that `accept`
+    /// takes (the caller excludes backends this request already tried).
+    pub fn select(
+        &self,
+        key: &[u8],
+        accept: impl Fn(&BackendState) -> bool,
+    ) -> Option<Arc<BackendState>> {
+        let backend = self.balancer.select_with(key, |b, healthy| {
+            healthy && b.ext.get::<Arc<BackendState>>().is_some_and(|s| accept(s))
+        })?;
+        backend.ext.get::<Arc<BackendState>>().cloned()
+    }
+
+    /// The peer to connect to for `backend`, with this group's timeouts and TLS.
+    pub fn peer(&self, backend: &BackendState) -> HttpPeer {
+        let mut peer = self.peer_template.clone();
+        peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(backend.addr);
+        peer
+    }
+
+    pub fn backends(&self) -> &[Arc<BackendState>] {
+        &self.backends
+    }
+
+    /// Whether health checks currently let `backend` take traffic.
+    pub fn is_healthy(&self, backend: &BackendState) -> bool {
+        self.members
+            .iter()
+            .find(|m| m.addr == pingora::protocols::l4::socket::SocketAddr::Inet(backend.addr))
+            .is_some_and(|m| self.balancer.backends().ready(m))
+    }
+}
+
+fn load_balancer<S>(set: BTreeSet<Backend>, config: &UpstreamConfig, name: &str) -> LoadBalancer<S>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let mut backends = Backends::new(Static::new(set));
+    if let Some(hc) = &config.health_check {
+        backends.set_health_check(health::build_check(name, hc, config.tls.as_ref()));
+    }
+    let lb = LoadBalancer::from_backends(backends);
+    // Static discovery resolves immediately; this only publishes the set to the selector.
+    match lb.update().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(e)) => log::error!("upstream {name}: cannot publish backends: {e}"),
+        None => log::error!("upstream {name}: static discovery did not complete"),
+    }
+    lb
+}
+
+fn peer_template(config: &UpstreamConfig) -> HttpPeer {
+    let (tls, sni) = match &config.tls {
+        Some(t) => (true, t.sni.clone()),
+        None => (false, String::new()),
+    };
+    let mut peer = HttpPeer::new("0.0.0.0:1", tls, sni);
+    let t = config.timeouts;
+    let o = &mut peer.options;
+    o.connection_timeout = Some(t.connect);
+    o.total_connection_timeout = Some(t.connect);
+    o.read_timeout = Some(t.read);
+    o.write_timeout = Some(t.write);
+    o.idle_timeout = Some(t.idle);
+    if let Some(tls) = &config.tls {
+        o.verify_cert = tls.verify;
+        o.verify_hostname = tls.verify;
+    }
+    peer
+}
