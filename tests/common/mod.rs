@@ -1,0 +1,186 @@
+//! Test harness: a real Tollgate server on loopback, real demo backends, real HTTPS clients.
+#![allow(dead_code)]
+
+use pingora::server::ShutdownSignal;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tollgate::reload::Reloader;
+use tollgate::runtime::SharedRuntime;
+use tollgate::{build_server, Config, StartOptions};
+
+pub use tollgate_demo_backend::{Backend, Mode};
+
+/// A port that was free a moment ago (Pingora binds by address, so we pick one for it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// A running edge; stops (fast shutdown) when dropped.
+pub struct Edge {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub runtime: SharedRuntime,
+    pub reloader: Arc<Reloader>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Fills the placeholders of a config body: `{https}`, `{http}`, `{dir}`.
+pub struct Placeholders {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: PathBuf,
+}
+
+/// The listener and server sections every test config shares; append `upstreams` and `routes`.
+pub fn base_config(p: &Placeholders) -> String {
+    format!(
+        r#"
+server:
+  threads: 2
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  pid_file: {dir}/tollgate.pid
+  upgrade_sock: {dir}/upgrade.sock
+  header_read_timeout: 2s
+listeners:
+  - name: https
+    address: "{https}"
+    tls:
+      certificates:
+        - {{ cert: {dir}/localhost.crt, key: {dir}/localhost.key, self_signed_if_missing: true }}
+  - name: http
+    address: "{http}"
+logging: {{ level: warn, access_log: false }}
+"#,
+        dir = p.dir.display(),
+        https = p.https,
+        http = p.http,
+    )
+}
+
+impl Edge {
+    /// Starts an edge whose config is `base_config` + `body` (upstreams, routes, ...).
+    pub fn start(body: &str) -> Edge {
+        Self::start_with(|p| format!("{}{body}", base_config(p)))
+    }
+
+    /// Starts an edge from a whole config built from the placeholders.
+    pub fn start_with(make: impl FnOnce(&Placeholders) -> String) -> Edge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Placeholders {
+            https: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir: dir.path().to_path_buf(),
+        };
+        let yaml = make(&p);
+        let config_path = dir.path().join("tollgate.yaml");
+        std::fs::write(&config_path, &yaml).expect("write config");
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let opts = StartOptions {
+            config_path: config_path.clone(),
+            ..StartOptions::default()
+        };
+        let built = build_server(config, &opts).expect("build server");
+        let runtime = built.runtime.clone();
+        let reloader = built.reloader.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || tollgate::server::run_until(built, rx));
+        wait_listening(p.https);
+        Edge {
+            https: p.https,
+            http: p.http,
+            runtime,
+            reloader,
+            dir,
+            config_path,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `https://localhost:PORT{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.port())
+    }
+
+    /// An HTTPS client that trusts the demo certificate and resolves localhost to the edge.
+    pub fn client(&self) -> reqwest::Client {
+        client_builder(self.https).build().expect("client")
+    }
+
+    /// Rewrites the config file (for reload tests).
+    pub fn write_config(&self, body: &str) {
+        let p = Placeholders {
+            https: self.https,
+            http: self.http,
+            dir: self.dir.path().to_path_buf(),
+        };
+        std::fs::write(&self.config_path, format!("{}{body}", base_config(&p)))
+            .expect("write config");
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(ShutdownSignal::FastShutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn client_builder(https: SocketAddr) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("localhost", https)
+        .timeout(Duration::from_secs(10))
+}
+
+/// Blocks until something accepts TCP connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `X-Backend` header of a response.
+pub fn served_by(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// YAML list of backend addresses.
+pub fn backend_list(backends: &[&Backend]) -> String {
+    let items: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr())).collect();
+    format!("[{}]", items.join(", "))
+}
