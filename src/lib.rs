@@ -14,11 +14,15 @@
 //! - [`tls`]: certificate store, SNI resolver, demo certificates.
 //! - [`reload`]: SIGHUP reload that swaps the runtime and certificates atomically.
 //! - [`redirect`]: the plaintext listener's 308 to https.
+//! - [`metrics`]: Prometheus definitions and exposition (own registry per server).
+//! - [`admin`]: the admin API and the metrics listener.
 //! - [`logging`]: logger setup and the JSON access-log line.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod admin;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod redirect;
 pub mod reload;

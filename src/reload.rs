@@ -7,6 +7,7 @@
 //! applies the rest and says so, pointing at the `--upgrade` + `SIGQUIT` hand-off.
 
 use crate::config::{Config, ListenerKind};
+use crate::metrics::Metrics;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::{CertStore, SniResolver};
 use async_trait::async_trait;
@@ -31,6 +32,7 @@ pub struct Reloader {
     path: PathBuf,
     runtime: SharedRuntime,
     resolvers: HashMap<String, Arc<SniResolver>>,
+    metrics: Arc<Metrics>,
     /// One reload at a time (SIGHUP and the admin API may race).
     lock: Mutex<()>,
 }
@@ -40,12 +42,38 @@ impl Reloader {
         path: PathBuf,
         runtime: SharedRuntime,
         resolvers: HashMap<String, Arc<SniResolver>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Reloader {
+        let reloader = Reloader {
             path,
             runtime,
             resolvers,
+            metrics,
             lock: Mutex::new(()),
+        };
+        reloader.record_applied();
+        reloader
+    }
+
+    /// Publishes the serving config's hash and certificate expiries.
+    fn record_applied(&self) {
+        self.metrics
+            .config_applied(&self.runtime.load().config.source.hash);
+        self.metrics.cert_not_after.reset();
+        for resolver in self.resolvers.values() {
+            for cert in resolver.current().certs() {
+                let name = cert
+                    .names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| cert.path.display().to_string());
+                let secs = cert
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                self.metrics.cert_not_after.with_label_values(&[&name]).set(secs);
+            }
         }
     }
 
@@ -64,7 +92,10 @@ impl Reloader {
                 warnings: Vec::new(),
             },
         };
+        let result = if outcome.applied { "success" } else { "failure" };
+        self.metrics.reloads.with_label_values(&[result]).inc();
         if outcome.applied {
+            self.record_applied();
             log::info!("configuration reloaded from {}", self.path.display());
             for w in &outcome.warnings {
                 log::warn!("reload: {w}");

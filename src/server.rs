@@ -6,6 +6,9 @@
 //! `--upgrade`; we add `SIGHUP` for reloads.
 
 use crate::config::{Config, ListenerKind};
+use crate::admin::{AdminApp, MetricsApp};
+use crate::metrics::Metrics;
+use crate::proxy::connections::CountConnections;
 use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::Tollgate;
 use crate::redirect::Redirect;
@@ -46,6 +49,8 @@ pub enum StartError {
         name: String,
         source: TlsError,
     },
+    #[error("admin.token_env: ${0} is not set, and the admin API is not on loopback")]
+    AdminToken(String),
     #[error("{0}")]
     Runtime(#[from] crate::runtime::BuildError),
     #[error("listeners[{index}] ({name}): {message}")]
@@ -61,6 +66,7 @@ pub struct Built {
     pub server: Server,
     pub runtime: SharedRuntime,
     pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds the server and all its services; nothing listens until it runs.
@@ -92,16 +98,23 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     let settings = config.server.clone();
     let redirect_port = config.https_port();
     let listeners = config.listeners.clone();
+    let admin = config.admin.clone();
+    let metrics_listener = config.metrics.clone();
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None)?));
+    let metrics = Arc::new(Metrics::new());
 
-    let mut proxy = pingora::proxy::http_proxy(&conf, Tollgate::new(runtime.clone()));
+    let mut proxy =
+        pingora::proxy::http_proxy(&conf, Tollgate::new(runtime.clone(), metrics.clone()));
     let mut options = HttpServerOptions::default();
     options.keepalive_request_limit = Some(settings.keepalive_requests);
     proxy.server_options = Some(options);
-    let app = HeaderDeadline::new(
-        proxy,
-        settings.header_read_timeout,
-        settings.keepalive_timeout,
+    let app = CountConnections::new(
+        HeaderDeadline::new(
+            proxy,
+            settings.header_read_timeout,
+            settings.keepalive_timeout,
+        ),
+        metrics.clone(),
     );
     let mut proxy_service = Service::new("tollgate proxy".to_string(), app);
     let mut redirect_service = None;
@@ -156,7 +169,31 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         opts.config_path.clone(),
         runtime.clone(),
         resolvers,
+        metrics.clone(),
     ));
+    if let Some(m) = metrics_listener {
+        let app = HttpServer::new_app(MetricsApp::new(runtime.clone(), metrics.clone()));
+        let mut service = Service::new("tollgate metrics".to_string(), app);
+        service.add_tcp(&m.address.to_string());
+        server.add_service(service);
+    }
+    if let Some(a) = admin {
+        let token = match &a.token_env {
+            Some(var) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ if a.address.ip().is_loopback() => {
+                    log::warn!("admin: ${var} is not set; the loopback admin API has no token");
+                    None
+                }
+                _ => return Err(StartError::AdminToken(var.clone())),
+            },
+            None => None,
+        };
+        let app = HttpServer::new_app(AdminApp::new(runtime.clone(), reloader.clone(), token));
+        let mut service = Service::new("tollgate admin".to_string(), app);
+        service.add_tcp(&a.address.to_string());
+        server.add_service(service);
+    }
     server.add_service(background_service(
         "reload on SIGHUP",
         ReloadWatcher::new(reloader.clone()),
@@ -165,6 +202,7 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         server,
         runtime,
         reloader,
+        metrics,
     })
 }
 

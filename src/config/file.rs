@@ -77,6 +77,20 @@ pub struct LoggingFile {
     pub access_log: Option<bool>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminFile {
+    pub address: Option<String>,
+    /// Name of the environment variable holding the bearer token.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsFile {
+    pub address: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum BackendFile {
@@ -187,6 +201,10 @@ pub struct TopFile {
     pub listeners: Vec<serde_yaml::Value>,
     #[serde(default)]
     pub logging: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub admin: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub metrics: Option<serde_yaml::Value>,
     #[serde(default)]
     pub trusted_proxies: Option<serde_yaml::Value>,
     pub upstreams: BTreeMap<String, serde_yaml::Value>,

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A validated configuration.
@@ -30,10 +31,36 @@ pub struct Config {
     pub server: ServerSettings,
     pub listeners: Vec<Listener>,
     pub logging: Logging,
+    /// The admin API listener; `None` when the file has no `admin` section.
+    pub admin: Option<Admin>,
+    /// The Prometheus listener; `None` when the file has no `metrics` section.
+    pub metrics: Option<MetricsListener>,
     /// Peers allowed to set `X-Forwarded-For` and `X-Request-Id`.
     pub trusted_proxies: Vec<IpNet>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// The text this was parsed from, and its hash.
+    pub source: Arc<Source>,
+}
+
+/// A configuration's file text, kept for `GET /admin/config` and the `tollgate_config_info` hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub text: String,
+    /// First 16 hex digits of the SHA-256 of `text`.
+    pub hash: String,
+}
+
+impl Source {
+    pub fn new(text: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(text.as_bytes());
+        let hash = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Source {
+            text: text.to_string(),
+            hash,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +115,18 @@ pub struct Logging {
     /// `None`: standard output.
     pub file: Option<PathBuf>,
     pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// Environment variable with the bearer token; without one the API must bind loopback.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsListener {
+    pub address: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]

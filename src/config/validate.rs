@@ -72,6 +72,8 @@ pub(super) fn from_yaml(text: &str) -> Result<Config, Vec<FieldError>> {
     let server = server(&mut errs, top.server);
     let listeners = listeners(&mut errs, top.listeners);
     let logging = logging(&mut errs, top.logging);
+    let admin = top.admin.and_then(|v| admin(&mut errs, v));
+    let metrics = top.metrics.and_then(|v| metrics(&mut errs, v));
     let trusted_proxies = trusted_proxies(&mut errs, top.trusted_proxies);
     // Routes are checked against every declared group, valid or not, so one broken group does
     // not also report each route that uses it.
@@ -84,9 +86,12 @@ pub(super) fn from_yaml(text: &str) -> Result<Config, Vec<FieldError>> {
             server,
             listeners,
             logging,
+            admin,
+            metrics,
             trusted_proxies,
             upstreams,
             routes,
+            source: Arc::new(Source::new(text)),
         })
     } else {
         Err(errs.0)
@@ -293,6 +298,36 @@ fn logging(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Logging {
         file: f.file.filter(|s| !s.is_empty()).map(PathBuf::from),
         access_log: f.access_log.unwrap_or(true),
     }
+}
+
+fn socket_addr(errs: &mut Errors, path: &str, raw: Option<String>, default: &str) -> Option<SocketAddr> {
+    let raw = raw.unwrap_or_else(|| default.to_string());
+    match raw.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(path, format!("invalid socket address {raw:?} (expected ip:port)"));
+            None
+        }
+    }
+}
+
+fn admin(errs: &mut Errors, raw: serde_yaml::Value) -> Option<Admin> {
+    let f: AdminFile = errs.parse("admin", raw)?;
+    let address = socket_addr(errs, "admin.address", f.address, "127.0.0.1:9090")?;
+    let token_env = f.token_env.filter(|t| !t.is_empty());
+    if token_env.is_none() && !address.ip().is_loopback() {
+        errs.push(
+            "admin.token_env",
+            "an admin API on a non-loopback address needs a token (set token_env)",
+        );
+    }
+    Some(Admin { address, token_env })
+}
+
+fn metrics(errs: &mut Errors, raw: serde_yaml::Value) -> Option<MetricsListener> {
+    let f: MetricsFile = errs.parse("metrics", raw)?;
+    let address = socket_addr(errs, "metrics.address", f.address, "127.0.0.1:9091")?;
+    Some(MetricsListener { address })
 }
 
 fn trusted_proxies(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Vec<IpNet> {

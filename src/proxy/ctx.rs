@@ -2,6 +2,7 @@
 //! the upstream attempts made.
 
 use super::forwarding::{self, TrustedProxies};
+use crate::metrics::Metrics;
 use crate::runtime::{Route, Runtime};
 use crate::upstream::{BackendState, InFlight};
 use pingora::http::RequestHeader;
@@ -78,6 +79,7 @@ pub struct Attempts {
     /// Addresses tried so far, in order; a retry never picks one of these again.
     pub tried: Vec<SocketAddr>,
     current: Option<InFlight>,
+    last: Option<Arc<BackendState>>,
     /// When the request header went to the current backend.
     pub sent_at: Option<Instant>,
     response_after: Option<Duration>,
@@ -93,8 +95,25 @@ impl Attempts {
     }
 
     /// The backend's response header arrived.
-    pub fn responded(&mut self) {
+    pub fn responded(&mut self, metrics: &Metrics, upstream: &str) {
         self.response_after = self.sent_at.map(|t| t.elapsed());
+        if let Some(d) = self.response_after {
+            metrics
+                .upstream_duration
+                .with_label_values(&[upstream])
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    /// Ends the current attempt with `outcome` (counted per backend). No-op without one.
+    pub fn end(&mut self, metrics: &Metrics, upstream: &str, outcome: Outcome) {
+        if let Some(attempt) = self.current.take() {
+            metrics
+                .upstream_requests
+                .with_label_values(&[upstream, attempt.backend().label.as_str(), outcome.as_str()])
+                .inc();
+            self.last = Some(attempt.backend().clone());
+        }
     }
 
     /// Time from sending the request header to receiving the response header.
@@ -102,12 +121,46 @@ impl Attempts {
         self.response_after
     }
 
+    /// The backend of the current or last attempt.
     pub fn last_backend(&self) -> Option<&str> {
-        self.current.as_ref().map(|c| c.backend().label.as_str())
+        self.current
+            .as_ref()
+            .map(|c| c.backend())
+            .or(self.last.as_ref())
+            .map(|b| b.label.as_str())
     }
 
-    /// The request is done with its backend.
-    pub fn finish(&mut self) {
-        self.current = None;
+    /// Whether the current attempt got a response header.
+    pub fn has_response(&self) -> bool {
+        self.response_after.is_some()
+    }
+}
+
+/// How an upstream attempt ended, for `tollgate_upstream_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Response,
+    ConnectError,
+    Timeout,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Response => "response",
+            Outcome::ConnectError => "connect_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// Classifies an error that ended an attempt after connecting.
+    pub fn of_error(e: &pingora::Error) -> Outcome {
+        use pingora::ErrorType::*;
+        match e.etype() {
+            ReadTimedout | WriteTimedout | ConnectTimedout => Outcome::Timeout,
+            _ => Outcome::Error,
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! ```
 //! Each phase stays short; the decisions live in modules that take plain inputs.
 
+pub mod connections;
 pub mod ctx;
 pub mod deadline;
 pub mod forwarding;
@@ -24,13 +25,15 @@ use crate::logging::AccessLine;
 use crate::routing::{normalize_path, strip_prefix};
 use crate::runtime::SharedRuntime;
 use async_trait::async_trait;
-use ctx::{Ctx, RequestMeta};
+use crate::metrics::Metrics;
+use ctx::{Ctx, Outcome, RequestMeta};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType::{self, HTTPStatus};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Most attempts one request makes when connections fail (each on a different backend).
@@ -39,14 +42,16 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// The proxy service's request logic.
 pub struct Tollgate {
     runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
     keepalive_secs: u64,
 }
 
 impl Tollgate {
-    pub fn new(runtime: SharedRuntime) -> Self {
+    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
         let keepalive_secs = runtime.load().config.server.keepalive_timeout.as_secs().max(1);
         Tollgate {
             runtime,
+            metrics,
             keepalive_secs,
         }
     }
@@ -129,7 +134,11 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let backends = ctx.route.as_ref().map_or(0, |r| r.group.backends().len());
+        let (backends, upstream) = match &ctx.route {
+            Some(r) => (r.group.backends().len(), r.group.name.as_str()),
+            None => (0, ""),
+        };
+        ctx.upstream.end(&self.metrics, upstream, Outcome::ConnectError);
         let tried = ctx.upstream.tried.len();
         e.set_retry(tried < backends && tried < MAX_CONNECT_ATTEMPTS);
         e
@@ -142,9 +151,11 @@ impl ProxyHttp for Tollgate {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        let upstream = ctx.route.as_ref().map_or("", |r| r.group.name.as_str());
+        ctx.upstream.end(&self.metrics, upstream, Outcome::of_error(&e));
         let mut e = e.more_context(format!("peer: {peer}"));
         if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
@@ -198,7 +209,8 @@ impl ProxyHttp for Tollgate {
         _resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream.responded();
+        let upstream = ctx.route.as_ref().map_or("", |r| r.group.name.as_str());
+        ctx.upstream.responded(&self.metrics, upstream);
         Ok(())
     }
 
@@ -236,13 +248,35 @@ impl ProxyHttp for Tollgate {
         }
     }
 
-    /// Writes the access-log line; never fails the request.
+    /// `fail_to_proxy` already logged the failure with the request id.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    /// Writes the access-log line and the request metrics; never fails the request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .or_else(|| e.map(status_for))
             .unwrap_or(0);
+        let route = ctx.route.as_ref().map_or("none", |r| r.name.as_str());
+        let upstream = ctx.route.as_ref().map_or("", |r| r.group.name.as_str());
+        let outcome = match e {
+            _ if ctx.upstream.has_response() => Outcome::Response,
+            Some(e) => Outcome::of_error(e),
+            None => Outcome::Error,
+        };
+        ctx.upstream.end(&self.metrics, upstream, outcome);
+        let mut code = itoa::Buffer::new();
+        self.metrics
+            .requests
+            .with_label_values(&[route, code.format(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(ctx.request.started.elapsed().as_secs_f64());
         if ctx.runtime.config.logging.access_log {
             let req = session.req_header();
             AccessLine {
@@ -261,7 +295,6 @@ impl ProxyHttp for Tollgate {
             }
             .write();
         }
-        ctx.upstream.finish();
     }
 }
 

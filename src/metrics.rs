@@ -1,0 +1,215 @@
+//! Prometheus metrics: definitions, the per-server registry, and the exposition.
+//!
+//! One [`Metrics`] per server (not the crate's global registry), so several servers in one
+//! process (tests) never mix their numbers. Labels stay bounded: route, upstream and backend
+//! names come from the config, status codes are numbers; never a raw path, ip or client key.
+//!
+//! State that already lives elsewhere (backend health, in-flight counts, breaker state) is not
+//! mirrored on every change: [`Metrics::render`] reads it from the current runtime at scrape
+//! time, after resetting the gauge family, so a backend removed by a reload disappears.
+
+use crate::runtime::Runtime;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets from 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    backend_healthy: IntGaugeVec,
+    backend_in_flight: IntGaugeVec,
+    pub downstream_connections: IntGauge,
+    pub tls_handshakes: IntCounterVec,
+    pub cert_not_after: GaugeVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub config_info: IntGaugeVec,
+}
+
+/// Registers a collector; names are static and unique, so this cannot fail in practice.
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        log::error!("metric registration failed: {e}");
+    }
+    c
+}
+
+macro_rules! counter_vec {
+    ($r:expr, $name:expr, $help:expr, $labels:expr) => {
+        register(
+            $r,
+            IntCounterVec::new(Opts::new($name, $help), $labels).unwrap_or_else(|e| {
+                unreachable!("static metric definition {}: {e}", $name)
+            }),
+        )
+    };
+}
+
+macro_rules! gauge_vec {
+    ($kind:ident, $r:expr, $name:expr, $help:expr, $labels:expr) => {
+        register(
+            $r,
+            $kind::new(Opts::new($name, $help), $labels).unwrap_or_else(|e| {
+                unreachable!("static metric definition {}: {e}", $name)
+            }),
+        )
+    };
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(
+        r,
+        HistogramVec::new(opts, labels)
+            .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}")),
+    )
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let build_info = gauge_vec!(
+            IntGaugeVec,
+            &r,
+            "tollgate_build_info",
+            "Tollgate build; always 1.",
+            &["version"]
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let downstream_connections = register(
+            &r,
+            IntGauge::new(
+                "tollgate_downstream_connections",
+                "Client connections open now.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
+        let last_reload_success = register(
+            &r,
+            Gauge::new(
+                "tollgate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last configuration load that was applied.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
+        Metrics {
+            requests: counter_vec!(
+                &r,
+                "tollgate_requests_total",
+                "Requests answered, by route and status code.",
+                &["route", "code"]
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "tollgate_request_duration_seconds",
+                "Time from request header to the end of the response, by route.",
+                &["route"],
+            ),
+            upstream_requests: counter_vec!(
+                &r,
+                "tollgate_upstream_requests_total",
+                "Attempts sent to backends, by outcome (response, connect_error, error, timeout).",
+                &["upstream", "backend", "outcome"]
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "tollgate_upstream_duration_seconds",
+                "Time from sending the request to a backend to its response header.",
+                &["upstream"],
+            ),
+            backend_healthy: gauge_vec!(
+                IntGaugeVec,
+                &r,
+                "tollgate_backend_healthy",
+                "1 when health checks let the backend take traffic.",
+                &["upstream", "backend"]
+            ),
+            backend_in_flight: gauge_vec!(
+                IntGaugeVec,
+                &r,
+                "tollgate_backend_in_flight_requests",
+                "Requests sent to the backend and not finished.",
+                &["upstream", "backend"]
+            ),
+            downstream_connections,
+            tls_handshakes: counter_vec!(
+                &r,
+                "tollgate_tls_handshakes_total",
+                "Completed downstream TLS handshakes, by protocol version.",
+                &["version"]
+            ),
+            cert_not_after: gauge_vec!(
+                GaugeVec,
+                &r,
+                "tollgate_tls_cert_not_after_seconds",
+                "Expiry (unix time) of each served certificate, by its first DNS name.",
+                &["name"]
+            ),
+            reloads: counter_vec!(
+                &r,
+                "tollgate_config_reloads_total",
+                "Configuration reloads, by result (success, failure).",
+                &["result"]
+            ),
+            last_reload_success,
+            config_info: gauge_vec!(
+                IntGaugeVec,
+                &r,
+                "tollgate_config_info",
+                "The configuration being served, by content hash; always 1.",
+                &["hash"]
+            ),
+            registry: r,
+        }
+    }
+
+    /// Marks `hash` as the configuration now serving.
+    pub fn config_applied(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_reload_success.set(now);
+    }
+
+    /// The text exposition, with runtime-derived gauges refreshed from `runtime`.
+    pub fn render(&self, runtime: &Runtime) -> Vec<u8> {
+        self.backend_healthy.reset();
+        self.backend_in_flight.reset();
+        for group in runtime.groups.values() {
+            for b in group.backends() {
+                let labels = [group.name.as_str(), b.label.as_str()];
+                self.backend_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(group.is_healthy(b)));
+                self.backend_in_flight
+                    .with_label_values(&labels)
+                    .set(i64::try_from(b.in_flight()).unwrap_or(i64::MAX));
+            }
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
