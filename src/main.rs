@@ -1,6 +1,10 @@
 //! The `tollgate` command: validate a config, or run the edge.
 
 use clap::Parser;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::{build_server, Config, StartOptions};

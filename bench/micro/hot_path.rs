@@ -1,0 +1,2 @@
+//! Placeholder replaced by the benchmark work (see bench/README.md).
+fn main() {}
