@@ -11,6 +11,7 @@
 //! - [`proxy`]: the request path, Pingora's `ProxyHttp` phases, one per concern.
 //! - [`routing`]: path normalization and longest-prefix matching on segment boundaries.
 //! - [`upstream`]: groups, selection algorithms, peers and timeouts, health checks.
+//! - [`breaker`]: per-backend circuit breakers (closed/open/half-open) and the ejection cap.
 //! - [`tls`]: certificate store, SNI resolver, demo certificates.
 //! - [`reload`]: SIGHUP reload that swaps the runtime and certificates atomically.
 //! - [`redirect`]: the plaintext listener's 308 to https.
@@ -20,6 +21,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod breaker;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -10,8 +10,8 @@
 
 use crate::runtime::Runtime;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Buckets from 1 ms to 30 s.
@@ -31,6 +31,10 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub cert_not_after: GaugeVec,
     pub reloads: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
     pub last_reload_success: Gauge,
     pub config_info: IntGaugeVec,
 }
@@ -47,9 +51,8 @@ macro_rules! counter_vec {
     ($r:expr, $name:expr, $help:expr, $labels:expr) => {
         register(
             $r,
-            IntCounterVec::new(Opts::new($name, $help), $labels).unwrap_or_else(|e| {
-                unreachable!("static metric definition {}: {e}", $name)
-            }),
+            IntCounterVec::new(Opts::new($name, $help), $labels)
+                .unwrap_or_else(|e| unreachable!("static metric definition {}: {e}", $name)),
         )
     };
 }
@@ -58,9 +61,8 @@ macro_rules! gauge_vec {
     ($kind:ident, $r:expr, $name:expr, $help:expr, $labels:expr) => {
         register(
             $r,
-            $kind::new(Opts::new($name, $help), $labels).unwrap_or_else(|e| {
-                unreachable!("static metric definition {}: {e}", $name)
-            }),
+            $kind::new(Opts::new($name, $help), $labels)
+                .unwrap_or_else(|e| unreachable!("static metric definition {}: {e}", $name)),
         )
     };
 }
@@ -169,6 +171,31 @@ impl Metrics {
                 &["result"]
             ),
             last_reload_success,
+            breaker_state: gauge_vec!(
+                IntGaugeVec,
+                &r,
+                "tollgate_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                &["upstream", "backend"]
+            ),
+            breaker_transitions: counter_vec!(
+                &r,
+                "tollgate_breaker_transitions_total",
+                "Circuit breaker transitions, by the state entered.",
+                &["upstream", "backend", "to"]
+            ),
+            retries: counter_vec!(
+                &r,
+                "tollgate_retries_total",
+                "Requests sent again to another backend, by reason.",
+                &["route", "reason"]
+            ),
+            retry_budget_exhausted: counter_vec!(
+                &r,
+                "tollgate_retry_budget_exhausted_total",
+                "Retries not made because the route's retry budget was spent.",
+                &["route"]
+            ),
             config_info: gauge_vec!(
                 IntGaugeVec,
                 &r,
@@ -195,9 +222,16 @@ impl Metrics {
     pub fn render(&self, runtime: &Runtime) -> Vec<u8> {
         self.backend_healthy.reset();
         self.backend_in_flight.reset();
+        self.breaker_state.reset();
+        let now = std::time::Instant::now();
         for group in runtime.groups.values() {
             for b in group.backends() {
                 let labels = [group.name.as_str(), b.label.as_str()];
+                if let Some(state) = group.breaker_state(b, now) {
+                    self.breaker_state
+                        .with_label_values(&labels)
+                        .set(i64::from(state.as_u8()));
+                }
                 self.backend_healthy
                     .with_label_values(&labels)
                     .set(i64::from(group.is_healthy(b)));

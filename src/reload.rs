@@ -72,7 +72,10 @@ impl Reloader {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0);
-                self.metrics.cert_not_after.with_label_values(&[&name]).set(secs);
+                self.metrics
+                    .cert_not_after
+                    .with_label_values(&[&name])
+                    .set(secs);
             }
         }
     }
@@ -92,7 +95,11 @@ impl Reloader {
                 warnings: Vec::new(),
             },
         };
-        let result = if outcome.applied { "success" } else { "failure" };
+        let result = if outcome.applied {
+            "success"
+        } else {
+            "failure"
+        };
         self.metrics.reloads.with_label_values(&[result]).inc();
         if outcome.applied {
             self.record_applied();
@@ -124,7 +131,8 @@ impl Reloader {
                 .map_err(|e| vec![format!("listeners[{index}].tls: {e}")])?;
             stores.push((resolver.clone(), store));
         }
-        let runtime = Runtime::build(config, Some(&current)).map_err(|e| vec![e.to_string()])?;
+        let runtime = Runtime::build(config, Some(&current), &self.metrics)
+            .map_err(|e| vec![e.to_string()])?;
         for (resolver, store) in stores {
             resolver.replace(store);
         }

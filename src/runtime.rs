@@ -4,8 +4,10 @@
 //! and keeps it to the end, so a reload never tears a request. Building a new runtime reuses
 //! every upstream group whose config did not change, so health state carries over.
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, RetryPolicy, RouteConfig};
+use crate::metrics::Metrics;
 use crate::proxy::forwarding::TrustedProxies;
+use crate::proxy::retry::RetryBudget;
 use crate::routing::{RouteSpec, Router};
 use crate::upstream::Group;
 use arc_swap::ArcSwap;
@@ -18,6 +20,8 @@ pub struct Route {
     pub prefix: String,
     pub strip_prefix: bool,
     pub group: Arc<Group>,
+    pub retries: RetryPolicy,
+    pub retry_budget: RetryBudget,
 }
 
 /// Routes, groups and policies of one configuration generation.
@@ -42,16 +46,30 @@ pub enum BuildError {
 
 impl Runtime {
     /// Builds a runtime; groups identical to one in `previous` are shared, not rebuilt.
-    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, BuildError> {
+    pub fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Runtime, BuildError> {
         let groups: HashMap<String, Arc<Group>> = config
             .upstreams
             .iter()
             .map(|(name, cfg)| {
-                let reused = previous
-                    .and_then(|p| p.groups.get(name))
-                    .filter(|g| g.config == *cfg)
-                    .cloned();
-                let group = reused.unwrap_or_else(|| Arc::new(Group::build(name, cfg)));
+                let old = previous.and_then(|p| p.groups.get(name));
+                let group = match old {
+                    Some(g) if g.config == *cfg => g.clone(),
+                    _ => {
+                        let group = Arc::new(Group::build(name, cfg, old.map(|g| g.as_ref())));
+                        let metrics = metrics.clone();
+                        let _ = group.transitions.set(Box::new(move |g, b, t| {
+                            metrics
+                                .breaker_transitions
+                                .with_label_values(&[&g.name, &b.label, t.to.as_str()])
+                                .inc();
+                        }));
+                        group
+                    }
+                };
                 (name.clone(), group)
             })
             .collect();
@@ -91,6 +109,8 @@ fn route_spec(
             prefix: r.prefix.clone(),
             strip_prefix: r.strip_prefix,
             group,
+            retries: r.retries.clone(),
+            retry_budget: RetryBudget::default(),
         }),
     })
 }

@@ -5,8 +5,8 @@
 //! `SIGTERM` drains within `grace_period`, `SIGQUIT` hands listeners to a process started with
 //! `--upgrade`; we add `SIGHUP` for reloads.
 
-use crate::config::{Config, ListenerKind};
 use crate::admin::{AdminApp, MetricsApp};
+use crate::config::{Config, ListenerKind};
 use crate::metrics::Metrics;
 use crate::proxy::connections::CountConnections;
 use crate::proxy::deadline::HeaderDeadline;
@@ -84,13 +84,14 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     let mut resolvers = HashMap::new();
     for (index, l) in config.listeners.iter().enumerate() {
         if let ListenerKind::Https(tls) = &l.kind {
-            let store = CertStore::load(&tls.certificates, tls.default_certificate).map_err(
-                |source| StartError::Certificate {
-                    index,
-                    name: l.name.clone(),
-                    source,
-                },
-            )?;
+            let store =
+                CertStore::load(&tls.certificates, tls.default_certificate).map_err(|source| {
+                    StartError::Certificate {
+                        index,
+                        name: l.name.clone(),
+                        source,
+                    }
+                })?;
             resolvers.insert(l.name.clone(), Arc::new(SniResolver::new(store)));
         }
     }
@@ -100,8 +101,10 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     let listeners = config.listeners.clone();
     let admin = config.admin.clone();
     let metrics_listener = config.metrics.clone();
-    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None)?));
     let metrics = Arc::new(Metrics::new());
+    let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(
+        config, None, &metrics,
+    )?));
 
     let mut proxy =
         pingora::proxy::http_proxy(&conf, Tollgate::new(runtime.clone(), metrics.clone()));
@@ -122,20 +125,21 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         let addr = l.address.to_string();
         match &l.kind {
             ListenerKind::Https(tls) => {
-                let resolver = resolvers.get(&l.name).cloned().ok_or_else(|| {
-                    StartError::Listener {
-                        index,
-                        name: l.name.clone(),
-                        message: "no certificate store".into(),
-                    }
-                })?;
-                let mut ts = TlsSettings::intermediate("", "").map_err(|e| {
-                    StartError::Listener {
+                let resolver =
+                    resolvers
+                        .get(&l.name)
+                        .cloned()
+                        .ok_or_else(|| StartError::Listener {
+                            index,
+                            name: l.name.clone(),
+                            message: "no certificate store".into(),
+                        })?;
+                let mut ts =
+                    TlsSettings::intermediate("", "").map_err(|e| StartError::Listener {
                         index,
                         name: l.name.clone(),
                         message: e.to_string(),
-                    }
-                })?;
+                    })?;
                 ts.set_cert_resolver(resolver);
                 if tls.http2 {
                     ts.enable_h2();

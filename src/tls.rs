@@ -156,8 +156,8 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, TlsErr
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| invalid(key_path, format!("bad PEM: {e}")))?
         .ok_or_else(|| invalid(key_path, "no private key found"))?;
-    let signing = any_supported_type(&key)
-        .map_err(|e| invalid(key_path, format!("unsupported key: {e}")))?;
+    let signing =
+        any_supported_type(&key).map_err(|e| invalid(key_path, format!("unsupported key: {e}")))?;
     let (names, not_after, serial) = describe(leaf).map_err(|m| invalid(cert_path, m))?;
     let certified = CertifiedKey::new(chain, signing);
     certified
@@ -252,9 +252,18 @@ mod tests {
         let w = pair(dir.path(), "w", &["*.example.org"]);
         let store = CertStore::load(&[a, w], 0).expect("load");
         let names = |sni: Option<&str>| store.select(sni).map(|c| c.names.clone());
-        assert_eq!(names(Some("A.example.com")), Some(vec!["a.example.com".into()]));
-        assert_eq!(names(Some("x.example.org")), Some(vec!["*.example.org".into()]));
-        assert_eq!(names(Some("other.test")), Some(vec!["a.example.com".into()]));
+        assert_eq!(
+            names(Some("A.example.com")),
+            Some(vec!["a.example.com".into()])
+        );
+        assert_eq!(
+            names(Some("x.example.org")),
+            Some(vec!["*.example.org".into()])
+        );
+        assert_eq!(
+            names(Some("other.test")),
+            Some(vec!["a.example.com".into()])
+        );
         assert_eq!(names(None), Some(vec!["a.example.com".into()]));
     }
 
@@ -280,7 +289,10 @@ mod tests {
         };
         let store = CertStore::load(std::slice::from_ref(&paths), 0).expect("load");
         assert!(store.certs()[0].names.contains(&"localhost".to_string()));
-        let mode = std::fs::metadata(&paths.key).expect("key").permissions().mode();
+        let mode = std::fs::metadata(&paths.key)
+            .expect("key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

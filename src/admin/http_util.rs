@@ -35,7 +35,10 @@ pub async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_BODY {
-                    return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }

@@ -32,11 +32,7 @@ pub struct AdminApp {
 }
 
 impl AdminApp {
-    pub fn new(
-        runtime: SharedRuntime,
-        reloader: Arc<Reloader>,
-        token: Option<String>,
-    ) -> Self {
+    pub fn new(runtime: SharedRuntime, reloader: Arc<Reloader>, token: Option<String>) -> Self {
         AdminApp {
             runtime,
             reloader,
@@ -99,6 +95,7 @@ impl AdminApp {
 
     fn upstreams(&self) -> Response<Vec<u8>> {
         let rt = self.runtime.load();
+        let now = std::time::Instant::now();
         let mut groups: Vec<Value> = rt
             .groups
             .values()
@@ -113,12 +110,13 @@ impl AdminApp {
                             "weight": cfg.weight,
                             "healthy": g.is_healthy(b),
                             "in_flight": b.in_flight(),
+                            "breaker": g.breaker_state(b, now).map(|s| s.as_str()),
                         })
                     })
                     .collect();
                 json!({
                     "name": g.name,
-                    "selection": format!("{:?}", g.config.selection).to_lowercase(),
+                    "selection": g.config.selection.as_str(),
                     "health_check": g.config.health_check.is_some(),
                     "backends": backends,
                 })

@@ -170,6 +170,35 @@ pub struct UpstreamFile {
     pub timeouts: TimeoutsFile,
     #[serde(default)]
     pub tls: Option<UpstreamTlsFile>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerFile {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub window: Option<HumanDuration>,
+    pub min_requests: Option<u32>,
+    pub open_for: Option<HumanDuration>,
+    pub max_open_for: Option<HumanDuration>,
+    pub half_open_probes: Option<u32>,
+    pub probe_timeout: Option<HumanDuration>,
+    pub max_ejection_percent: Option<u8>,
+    /// Response statuses counted as failures (connect errors and timeouts always are).
+    pub failure_statuses: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetriesFile {
+    pub attempts: Option<u32>,
+    pub statuses: Option<Vec<u16>>,
+    pub budget_percent: Option<f64>,
+    pub min_per_sec: Option<u32>,
+    pub per_try_timeout: Option<HumanDuration>,
+    pub deadline: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +210,8 @@ pub struct RouteFile {
     pub upstream: String,
     #[serde(default)]
     pub strip_prefix: bool,
+    #[serde(default)]
+    pub retries: Option<RetriesFile>,
 }
 
 #[derive(Debug, Deserialize)]

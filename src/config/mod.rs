@@ -91,7 +91,9 @@ pub struct Listener {
 pub enum ListenerKind {
     Https(TlsConfig),
     /// Plaintext; `redirect_https` answers 308 to the first https listener instead of proxying.
-    Http { redirect_https: bool },
+    Http {
+        redirect_https: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +138,51 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheck>,
     pub timeouts: Timeouts,
     pub tls: Option<UpstreamTls>,
+    /// `None`: no breaker (health checks alone decide).
+    pub circuit_breaker: Option<BreakerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub policy: crate::breaker::BreakerPolicy,
+    /// Response statuses that count as failures; connect errors and timeouts always do.
+    pub failure_statuses: Vec<u16>,
+}
+
+/// When a request is sent again, to a backend it has not tried.
+///
+/// Connect failures are always retried (nothing was sent). After the request was sent, only
+/// idempotent methods whose body was not streamed, and only before any response byte reached
+/// the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    /// Backend statuses that trigger a retry (idempotent requests only).
+    pub statuses: Vec<u16>,
+    /// Retries may be at most this share of the route's requests in flight...
+    pub budget_percent: f64,
+    /// ...but this many per second are always allowed.
+    pub min_per_sec: u32,
+    /// Read timeout of each attempt (the group's read timeout when `None`).
+    pub per_try_timeout: Option<Duration>,
+    /// No new attempt starts after this much time since the request arrived.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// Without a `retries` block: one retry for connect failures and failed reused
+    /// connections, none on statuses.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            statuses: Vec::new(),
+            budget_percent: 20.0,
+            min_per_sec: 3,
+            per_try_timeout: None,
+            deadline: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +204,19 @@ pub enum Selection {
     LeastConn,
     /// Ketama consistent hashing of a request key (sticky sessions).
     ConsistentHash(HashKey),
+}
+
+impl Selection {
+    /// The config spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Selection::RoundRobin => "round_robin",
+            Selection::Weighted => "weighted",
+            Selection::Random => "random",
+            Selection::LeastConn => "least_conn",
+            Selection::ConsistentHash(_) => "consistent_hash",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +263,7 @@ pub struct UpstreamTls {
     pub verify: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     pub name: String,
     /// Lower-case host without port; `*.example.com` matches subdomains.
@@ -211,6 +271,7 @@ pub struct RouteConfig {
     pub prefix: String,
     pub upstream: String,
     pub strip_prefix: bool,
+    pub retries: RetryPolicy,
 }
 
 /// One problem in the file, located by its YAML path.

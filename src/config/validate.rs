@@ -207,9 +207,7 @@ fn listeners(errs: &mut Errors, raw: Vec<serde_yaml::Value>) -> Vec<Listener> {
             });
         }
     }
-    let has_https = out
-        .iter()
-        .any(|l| matches!(l.kind, ListenerKind::Https(_)));
+    let has_https = out.iter().any(|l| matches!(l.kind, ListenerKind::Https(_)));
     for (i, l) in out.iter().enumerate() {
         if matches!(
             l.kind,
@@ -280,7 +278,12 @@ fn logging(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Logging {
     let f: LoggingFile = raw
         .and_then(|v| errs.parse("logging", v))
         .unwrap_or_default();
-    let level = match f.level.as_deref().unwrap_or("info").parse::<log::LevelFilter>() {
+    let level = match f
+        .level
+        .as_deref()
+        .unwrap_or("info")
+        .parse::<log::LevelFilter>()
+    {
         Ok(l) => l,
         Err(_) => {
             errs.push(
@@ -300,12 +303,20 @@ fn logging(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Logging {
     }
 }
 
-fn socket_addr(errs: &mut Errors, path: &str, raw: Option<String>, default: &str) -> Option<SocketAddr> {
+fn socket_addr(
+    errs: &mut Errors,
+    path: &str,
+    raw: Option<String>,
+    default: &str,
+) -> Option<SocketAddr> {
     let raw = raw.unwrap_or_else(|| default.to_string());
     match raw.parse() {
         Ok(a) => Some(a),
         Err(_) => {
-            errs.push(path, format!("invalid socket address {raw:?} (expected ip:port)"));
+            errs.push(
+                path,
+                format!("invalid socket address {raw:?} (expected ip:port)"),
+            );
             None
         }
     }
@@ -387,7 +398,10 @@ fn upstreams(
 fn upstream(errs: &mut Errors, path: &str, f: UpstreamFile) -> Option<UpstreamConfig> {
     let before = errs.0.len();
     if f.backends.is_empty() {
-        errs.push(format!("{path}.backends"), "at least one backend is required");
+        errs.push(
+            format!("{path}.backends"),
+            "at least one backend is required",
+        );
     }
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
@@ -475,13 +489,103 @@ fn upstream(errs: &mut Errors, path: &str, f: UpstreamFile) -> Option<UpstreamCo
             verify: t.verify,
         }
     });
+    let circuit_breaker = f
+        .circuit_breaker
+        .map(|b| breaker(errs, &format!("{path}.circuit_breaker"), b));
     (errs.0.len() == before).then_some(UpstreamConfig {
         backends,
         selection,
         health_check,
         timeouts,
         tls,
+        circuit_breaker,
     })
+}
+
+fn statuses(errs: &mut Errors, path: &str, list: Option<Vec<u16>>, default: &[u16]) -> Vec<u16> {
+    let list = list.unwrap_or_else(|| default.to_vec());
+    for (i, s) in list.iter().enumerate() {
+        if !(100..=599).contains(s) {
+            errs.push(
+                format!("{path}[{i}]"),
+                format!("{s} is not an HTTP status code"),
+            );
+        }
+    }
+    list
+}
+
+fn breaker(errs: &mut Errors, path: &str, f: CircuitBreakerFile) -> BreakerConfig {
+    let d = crate::breaker::BreakerPolicy::default();
+    let open_for = errs.positive(&format!("{path}.open_for"), f.open_for, d.open_for);
+    let policy = crate::breaker::BreakerPolicy {
+        consecutive_failures: f.consecutive_failures.unwrap_or(d.consecutive_failures),
+        failure_rate: f.failure_rate,
+        window: errs.positive(&format!("{path}.window"), f.window, d.window),
+        min_requests: f.min_requests.unwrap_or(d.min_requests),
+        open_for,
+        max_open_for: errs.positive(
+            &format!("{path}.max_open_for"),
+            f.max_open_for,
+            d.max_open_for.max(open_for),
+        ),
+        half_open_probes: f.half_open_probes.unwrap_or(d.half_open_probes),
+        probe_timeout: errs.positive(
+            &format!("{path}.probe_timeout"),
+            f.probe_timeout,
+            d.probe_timeout,
+        ),
+        max_ejection_percent: f.max_ejection_percent.unwrap_or(d.max_ejection_percent),
+    };
+    if let Err(e) = policy.validate() {
+        errs.push(format!("{path}.{}", e.field), e.reason);
+    }
+    if policy.consecutive_failures == 0 && policy.failure_rate.is_none() {
+        errs.push(
+            format!("{path}.consecutive_failures"),
+            "must be at least 1 unless failure_rate is set",
+        );
+    }
+    BreakerConfig {
+        policy,
+        failure_statuses: statuses(
+            errs,
+            &format!("{path}.failure_statuses"),
+            f.failure_statuses,
+            &[502, 503, 504],
+        ),
+    }
+}
+
+fn retries(errs: &mut Errors, path: &str, f: Option<RetriesFile>) -> RetryPolicy {
+    let Some(f) = f else {
+        return RetryPolicy::default();
+    };
+    let d = RetryPolicy::default();
+    let budget_percent = f.budget_percent.unwrap_or(d.budget_percent);
+    if !(0.0..=100.0).contains(&budget_percent) {
+        errs.push(format!("{path}.budget_percent"), "must be within 0..=100");
+    }
+    let attempts = f.attempts.unwrap_or(d.attempts);
+    if attempts > 10 {
+        errs.push(format!("{path}.attempts"), "at most 10 retries");
+    }
+    let opt = |errs: &mut Errors, field: &str, v: Option<HumanDuration>| {
+        v.map(|v| errs.positive(&format!("{path}.{field}"), Some(v), Duration::from_secs(1)))
+    };
+    RetryPolicy {
+        attempts,
+        statuses: statuses(
+            errs,
+            &format!("{path}.statuses"),
+            f.statuses,
+            &[502, 503, 504],
+        ),
+        budget_percent,
+        min_per_sec: f.min_per_sec.unwrap_or(d.min_per_sec),
+        per_try_timeout: opt(errs, "per_try_timeout", f.per_try_timeout),
+        deadline: opt(errs, "deadline", f.deadline),
+    }
 }
 
 fn hash_key(errs: &mut Errors, path: &str, key: &str) -> HashKey {
@@ -495,7 +599,10 @@ fn hash_key(errs: &mut Errors, path: &str, key: &str) -> HashKey {
     }
     if let Some(c) = key.strip_prefix("cookie:") {
         let c = c.trim();
-        if !c.is_empty() && c.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';') {
+        if !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
+        {
             return HashKey::Cookie(c.to_string());
         }
     }
@@ -515,7 +622,10 @@ fn health_check(errs: &mut Errors, path: &str, f: HealthCheckFile) -> Option<Hea
                 ("expected_status", f.expected_status.is_some()),
             ] {
                 if set {
-                    errs.push(format!("{path}.{field}"), "only http health checks use this");
+                    errs.push(
+                        format!("{path}.{field}"),
+                        "only http health checks use this",
+                    );
                 }
             }
             HealthCheckKind::Tcp
@@ -652,6 +762,7 @@ fn routes(
             prefix,
             upstream: f.upstream,
             strip_prefix: f.strip_prefix,
+            retries: retries(errs, &format!("{path}.retries"), f.retries),
         });
     }
     out

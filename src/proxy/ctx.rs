@@ -2,9 +2,10 @@
 //! the upstream attempts made.
 
 use super::forwarding::{self, TrustedProxies};
+use super::retry::Active;
 use crate::metrics::Metrics;
 use crate::runtime::{Route, Runtime};
-use crate::upstream::{BackendState, InFlight};
+use crate::upstream::{Admitted, BackendState, Group, InFlight};
 use pingora::http::RequestHeader;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +17,8 @@ pub struct Ctx {
     pub request: RequestMeta,
     pub route: Option<Arc<Route>>,
     pub upstream: Attempts,
+    /// This request's share of its route's retry budget (request and retries in flight).
+    pub budget: Vec<Active>,
 }
 
 impl Ctx {
@@ -25,6 +28,7 @@ impl Ctx {
             request: RequestMeta::default(),
             route: None,
             upstream: Attempts::default(),
+            budget: Vec::new(),
         }
     }
 }
@@ -79,7 +83,11 @@ pub struct Attempts {
     /// Addresses tried so far, in order; a retry never picks one of these again.
     pub tried: Vec<SocketAddr>,
     current: Option<InFlight>,
+    /// The breaker's decision for the current attempt, until its result is reported.
+    admitted: Option<Admitted>,
     last: Option<Arc<BackendState>>,
+    /// The current attempt failed on a status that asked for a retry.
+    pub retry_on_status: bool,
     /// When the request header went to the current backend.
     pub sent_at: Option<Instant>,
     response_after: Option<Duration>,
@@ -87,9 +95,11 @@ pub struct Attempts {
 
 impl Attempts {
     /// Starts an attempt on `backend` (ending the previous one, if any).
-    pub fn begin(&mut self, backend: Arc<BackendState>) {
+    pub fn begin(&mut self, backend: Arc<BackendState>, admitted: Admitted) {
         self.tried.push(backend.addr);
         self.current = Some(backend.begin());
+        self.admitted = Some(admitted);
+        self.retry_on_status = false;
         self.sent_at = None;
         self.response_after = None;
     }
@@ -102,6 +112,13 @@ impl Attempts {
                 .upstream_duration
                 .with_label_values(&[upstream])
                 .observe(d.as_secs_f64());
+        }
+    }
+
+    /// Reports the current attempt's result to its breaker (once).
+    pub fn report(&mut self, group: &Group, ok: bool) {
+        if let (Some(current), Some(admitted)) = (&self.current, self.admitted.take()) {
+            group.report(current.backend(), admitted, ok, Instant::now());
         }
     }
 

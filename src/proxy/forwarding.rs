@@ -63,11 +63,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The `X-Forwarded-For` value to send upstream: the trusted chain plus the peer, or only the
 /// client when the peer is not trusted (its claims are dropped, not passed on).
-pub fn forwarded_for(
-    trusted: &TrustedProxies,
-    peer: IpAddr,
-    incoming: Option<&[u8]>,
-) -> String {
+pub fn forwarded_for(trusted: &TrustedProxies, peer: IpAddr, incoming: Option<&[u8]>) -> String {
     let peer = canonical(peer);
     let mut out = String::with_capacity(48);
     if trusted.contains(peer) {
@@ -109,7 +105,10 @@ mod tests {
     #[test]
     fn spoofed_forwarded_for_from_untrusted_peer_is_ignored() {
         let t = trusted(&["10.0.0.0/8"]);
-        assert_eq!(t.client_ip(ip("203.0.113.9"), Some(b"1.2.3.4")), ip("203.0.113.9"));
+        assert_eq!(
+            t.client_ip(ip("203.0.113.9"), Some(b"1.2.3.4")),
+            ip("203.0.113.9")
+        );
     }
 
     /// Behind trusted proxies, the right-most untrusted hop is the client.
@@ -124,7 +123,10 @@ mod tests {
     #[test]
     fn malformed_hop_stops_the_walk() {
         let t = trusted(&["10.0.0.0/8"]);
-        assert_eq!(t.client_ip(ip("10.0.0.2"), Some(b"junk, 10.3.3.3")), ip("10.3.3.3"));
+        assert_eq!(
+            t.client_ip(ip("10.0.0.2"), Some(b"junk, 10.3.3.3")),
+            ip("10.3.3.3")
+        );
     }
 
     /// IPv4-mapped IPv6 peers match IPv4 CIDRs.
@@ -142,7 +144,10 @@ mod tests {
             forwarded_for(&t, ip("10.0.0.2"), Some(b"1.1.1.1")),
             "1.1.1.1, 10.0.0.2"
         );
-        assert_eq!(forwarded_for(&t, ip("8.8.8.8"), Some(b"1.1.1.1")), "8.8.8.8");
+        assert_eq!(
+            forwarded_for(&t, ip("8.8.8.8"), Some(b"1.1.1.1")),
+            "8.8.8.8"
+        );
     }
 
     /// Request ids are 32 hex chars and kept only when well-formed.

@@ -19,25 +19,24 @@ pub mod ctx;
 pub mod deadline;
 pub mod forwarding;
 pub mod respond;
+pub mod retry;
 
 use crate::config::HashKey;
 use crate::logging::AccessLine;
-use crate::routing::{normalize_path, strip_prefix};
-use crate::runtime::SharedRuntime;
-use async_trait::async_trait;
 use crate::metrics::Metrics;
+use crate::routing::{normalize_path, strip_prefix};
+use crate::runtime::{Route, SharedRuntime};
+use async_trait::async_trait;
 use ctx::{Ctx, Outcome, RequestMeta};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType::{self, HTTPStatus};
+use pingora::RetryType;
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Most attempts one request makes when connections fail (each on a different backend).
-const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// The proxy service's request logic.
 pub struct Tollgate {
@@ -48,7 +47,13 @@ pub struct Tollgate {
 
 impl Tollgate {
     pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
-        let keepalive_secs = runtime.load().config.server.keepalive_timeout.as_secs().max(1);
+        let keepalive_secs = runtime
+            .load()
+            .config
+            .server
+            .keepalive_timeout
+            .as_secs()
+            .max(1);
         Tollgate {
             runtime,
             metrics,
@@ -102,31 +107,52 @@ impl ProxyHttp for Tollgate {
         if upstream_path != req.uri.path() {
             ctx.request.upstream_path = Some(with_query(&upstream_path, req.uri.query()));
         }
+        if route.retries.attempts > 0 && req.method.is_idempotent() {
+            // Keep the start of the body so an idempotent request can be sent again.
+            session.as_mut().enable_retry_buffering();
+        }
+        ctx.budget.push(route.retry_budget.request());
         ctx.route = Some(route);
         Ok(false)
     }
 
-    /// Picks a backend that is healthy and that this request has not tried yet.
+    /// Picks a backend that is healthy, admitted by its breaker, and not tried yet (503 if
+    /// none); the attempt's read timeout honours the route's per-try timeout and deadline.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
         let group = &route.group;
-        let key = hash_key(group.hash_key(), session.req_header(), ctx.request.client_ip);
+        let now = Instant::now();
+        let Some(read_timeout) = retry::attempt_timeout(
+            &route.retries,
+            group.config.timeouts.read,
+            ctx.request.started,
+            now,
+        ) else {
+            return Err(Error::explain(HTTPStatus(504), "route deadline passed"));
+        };
+        let key = hash_key(
+            group.hash_key(),
+            session.req_header(),
+            ctx.request.client_ip,
+        );
         let tried = &ctx.upstream.tried;
-        let Some(backend) = group.select(&key, |b| !tried.contains(&b.addr)) else {
+        let Some((backend, admitted)) = group.select(&key, now, |b| !tried.contains(&b.addr))
+        else {
             return Err(Error::explain(
                 HTTPStatus(503),
-                format!("upstream {}: no healthy backend left to try", group.name),
+                format!("upstream {}: no available backend left to try", group.name),
             ));
         };
-        let peer = group.peer(&backend);
-        ctx.upstream.begin(backend);
+        let mut peer = group.peer(&backend);
+        peer.options.read_timeout = Some(read_timeout);
+        ctx.upstream.begin(backend, admitted);
         Ok(Box::new(peer))
     }
 
-    /// Nothing reached the backend, so another backend may take the request.
+    /// Nothing reached the backend: a breaker failure, and safe to retry elsewhere.
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -134,18 +160,17 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let (backends, upstream) = match &ctx.route {
-            Some(r) => (r.group.backends().len(), r.group.name.as_str()),
-            None => (0, ""),
-        };
-        ctx.upstream.end(&self.metrics, upstream, Outcome::ConnectError);
-        let tried = ctx.upstream.tried.len();
-        e.set_retry(tried < backends && tried < MAX_CONNECT_ATTEMPTS);
+        if let Some(route) = ctx.route.clone() {
+            ctx.upstream.report(&route.group, false);
+            ctx.upstream
+                .end(&self.metrics, &route.group.name, Outcome::ConnectError);
+            e.set_retry(self.take_retry(ctx, &route, retry::Reason::Connect));
+        }
         e
     }
 
-    /// Errors after connecting: retried only when Pingora's rule allows (idempotent request,
-    /// body not streamed, failure on a reused pooled connection before anything was sent).
+    /// An attempt failed after connecting: a breaker failure (unless it was a status we chose
+    /// to retry, already reported); retried only when safe (see [`retry`]).
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -154,16 +179,32 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        let upstream = ctx.route.as_ref().map_or("", |r| r.group.name.as_str());
-        ctx.upstream.end(&self.metrics, upstream, Outcome::of_error(&e));
         let mut e = e.more_context(format!("peer: {peer}"));
-        if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-        {
+        let Some(route) = ctx.route.clone() else {
             e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+            return e;
+        };
+        if ctx.upstream.retry_on_status {
+            // Decided, budgeted and reported in upstream_response_filter.
+            ctx.upstream
+                .end(&self.metrics, &route.group.name, Outcome::Response);
+            e.set_retry(true);
+            return e;
         }
+        ctx.upstream.report(&route.group, false);
+        let outcome = Outcome::of_error(&e);
+        ctx.upstream.end(&self.metrics, &route.group.name, outcome);
+        let stale_pool = client_reused && matches!(e.retry, RetryType::ReusedOnly);
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        let reason = match outcome {
+            _ if stale_pool => retry::Reason::StalePool,
+            Outcome::Timeout => retry::Reason::Timeout,
+            _ => retry::Reason::Error,
+        };
+        let retry = (stale_pool || replayable) && self.take_retry(ctx, &route, reason);
+        e.set_retry(retry);
         e
     }
 
@@ -175,19 +216,21 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(path) = &ctx.request.upstream_path {
-            let uri = path
-                .parse::<http::Uri>()
-                .or_err(ErrorType::InternalError, "rewritten path is not a valid uri")?;
+            let uri = path.parse::<http::Uri>().or_err(
+                ErrorType::InternalError,
+                "rewritten path is not a valid uri",
+            )?;
             upstream.set_uri(uri);
         }
-        let tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let peer = ctx.request.peer_ip;
         let xff = forwarding::forwarded_for(
             &ctx.runtime.trusted,
             peer,
-            upstream.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+            upstream
+                .headers
+                .get("x-forwarded-for")
+                .map(|v| v.as_bytes()),
         );
         upstream.insert_header("x-forwarded-for", xff)?;
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
@@ -202,15 +245,31 @@ impl ProxyHttp for Tollgate {
         Ok(())
     }
 
-    /// Notes when the backend's response header arrived.
+    /// The backend answered: report to its breaker by status, and turn a retryable status
+    /// into a retry when the request is safe to replay (nothing has reached the client yet).
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let upstream = ctx.route.as_ref().map_or("", |r| r.group.name.as_str());
-        ctx.upstream.responded(&self.metrics, upstream);
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        let status = resp.status.as_u16();
+        ctx.upstream.responded(&self.metrics, &route.group.name);
+        ctx.upstream
+            .report(&route.group, !route.group.is_failure_status(status));
+        let replayable = route.retries.statuses.contains(&status)
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if replayable && self.take_retry(ctx, &route, retry::Reason::Status) {
+            ctx.upstream.retry_on_status = true;
+            return Err(Error::explain(
+                ErrorType::Custom("retryable status"),
+                format!("backend answered {status}"),
+            ));
+        }
         Ok(())
     }
 
@@ -239,7 +298,10 @@ impl ProxyHttp for Tollgate {
         if code > 0 && session.response_written().is_none() {
             let message = respond::default_message(code);
             if let Err(we) = respond::write_error(session, code, message, &ctx.request.id).await {
-                log::debug!("request {}: cannot write error response: {we}", ctx.request.id);
+                log::debug!(
+                    "request {}: cannot write error response: {we}",
+                    ctx.request.id
+                );
             }
         }
         FailToProxy {
@@ -298,6 +360,55 @@ impl ProxyHttp for Tollgate {
     }
 }
 
+impl Tollgate {
+    /// Whether this request may make another attempt for `reason`; takes budget when it may.
+    fn take_retry(&self, ctx: &mut Ctx, route: &Route, reason: retry::Reason) -> bool {
+        let group = &route.group;
+        let untried = group
+            .backends()
+            .iter()
+            .filter(|b| !ctx.upstream.tried.contains(&b.addr))
+            .count();
+        let policy = &route.retries;
+        if !retry::attempt_left(
+            policy,
+            ctx.upstream.tried.len(),
+            untried,
+            ctx.request.started,
+            Instant::now(),
+        ) {
+            return false;
+        }
+        if !reason.uses_budget() {
+            self.metrics
+                .retries
+                .with_label_values(&[&route.name, reason.as_str()])
+                .inc();
+            return true;
+        }
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match route.retry_budget.try_retry(policy, unix) {
+            Some(active) => {
+                ctx.budget.push(active);
+                self.metrics
+                    .retries
+                    .with_label_values(&[&route.name, reason.as_str()])
+                    .inc();
+                true
+            }
+            None => {
+                self.metrics
+                    .retry_budget_exhausted
+                    .with_label_values(&[&route.name])
+                    .inc();
+                false
+            }
+        }
+    }
+}
+
 /// Writes a decided response and ends the request.
 async fn reply(session: &mut Session, ctx: &Ctx, code: u16, message: &str) -> Result<bool> {
     respond::write_error(session, code, message, &ctx.request.id).await?;
@@ -310,11 +421,12 @@ fn status_for(e: &Error) -> u16 {
     use ErrorType::*;
     match e.etype() {
         HTTPStatus(code) => *code,
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => match e.esource()
-        {
-            ErrorSource::Downstream => 408,
-            _ => 504,
-        },
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            match e.esource() {
+                ErrorSource::Downstream => 408,
+                _ => 504,
+            }
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {

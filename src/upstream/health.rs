@@ -10,8 +10,8 @@ use super::Group;
 use crate::config::{HealthCheck, HealthCheckKind, UpstreamTls};
 use crate::runtime::SharedRuntime;
 use async_trait::async_trait;
-use pingora::lb::health_check::{HealthCheck as PingoraCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::health_check::HealthObserve;
+use pingora::lb::health_check::{HealthCheck as PingoraCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -92,7 +92,11 @@ struct LogHealthChange {
 impl HealthObserve for LogHealthChange {
     async fn observe(&self, target: &Backend, healthy: bool) {
         let state = if healthy { "healthy" } else { "unhealthy" };
-        log::warn!("upstream {}: backend {} is now {state}", self.group, target.addr);
+        log::warn!(
+            "upstream {}: backend {} is now {state}",
+            self.group,
+            target.addr
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod health;
 pub mod selection;
 
+use crate::breaker::{Admission, GroupBreakers, ProbePermit, State, Transition};
 use crate::config::{HashKey, Selection, UpstreamConfig};
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
@@ -23,6 +24,8 @@ use std::time::Instant;
 /// What Tollgate tracks about one backend besides Pingora's health state.
 #[derive(Debug)]
 pub struct BackendState {
+    /// Position in the group's config (and in its breakers).
+    pub index: usize,
     pub addr: SocketAddr,
     /// `ip:port`, used in logs, metrics and the admin API.
     pub label: String,
@@ -30,8 +33,9 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(index: usize, addr: SocketAddr) -> Self {
         BackendState {
+            index,
             addr,
             label: addr.to_string(),
             in_flight: AtomicU64::new(0),
@@ -76,17 +80,36 @@ pub struct Group {
     members: Vec<Backend>,
     /// Template cloned for each request: timeouts and TLS settings of this group.
     peer_template: HttpPeer,
+    /// Index-aligned with `backends`; `None` without a `circuit_breaker` block.
+    breakers: Option<GroupBreakers<SocketAddr>>,
     last_check: Mutex<Option<Instant>>,
     check_running: AtomicBool,
+    /// Called on every breaker transition (metrics); set once by the runtime.
+    pub transitions: std::sync::OnceLock<TransitionHook>,
+}
+
+/// Observer of breaker transitions.
+pub type TransitionHook = Box<dyn Fn(&Group, &BackendState, Transition) + Send + Sync>;
+
+/// A breaker's decision for a chosen backend, kept with the attempt.
+pub enum Admitted {
+    /// No breaker, or a closed one: report the result without a permit.
+    Plain,
+    /// A half-open probe: report with the permit (dropping it frees the slot).
+    Probe(ProbePermit),
+    /// Forced through by the ejection cap: the breaker ignores the result.
+    Overridden,
 }
 
 impl Group {
-    /// Builds a group from its validated config.
-    pub fn build(name: &str, config: &UpstreamConfig) -> Group {
+    /// Builds a group from its validated config; breakers of backends that stay in
+    /// `previous` keep their state.
+    pub fn build(name: &str, config: &UpstreamConfig, previous: Option<&Group>) -> Group {
         let backends: Vec<Arc<BackendState>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(BackendState::new(b.address)))
+            .enumerate()
+            .map(|(i, b)| Arc::new(BackendState::new(i, b.address)))
             .collect();
         let use_weights = !matches!(config.selection, Selection::RoundRobin);
         let set: BTreeSet<Backend> = config
@@ -110,12 +133,19 @@ impl Group {
             }
             Selection::Random => Balancer::Random(load_balancer(set, config, name)),
             Selection::LeastConn => Balancer::LeastConn(load_balancer(set, config, name)),
-            Selection::ConsistentHash(_) => {
-                Balancer::Consistent(load_balancer(set, config, name))
-            }
+            Selection::ConsistentHash(_) => Balancer::Consistent(load_balancer(set, config, name)),
         };
+        let breakers = config.circuit_breaker.as_ref().map(|bc| {
+            let policy = Arc::new(bc.policy.clone());
+            let keys = config.backends.iter().map(|b| b.address);
+            match previous.and_then(|p| p.breakers.as_ref()) {
+                Some(prev) => prev.rebuild(keys, policy),
+                None => GroupBreakers::new(keys, policy),
+            }
+        });
         Group {
             name: name.to_string(),
+            breakers,
             config: config.clone(),
             balancer,
             backends,
@@ -123,6 +153,7 @@ impl Group {
             peer_template: peer_template(config),
             last_check: Mutex::new(None),
             check_running: AtomicBool::new(false),
+            transitions: std::sync::OnceLock::new(),
         }
     }
 
@@ -134,17 +165,90 @@ impl Group {
         }
     }
 
-    /// Picks a backend: the first in the algorithm's order that is healthy and that `accept`
-    /// takes (the caller excludes backends this request already tried).
+    /// Picks a backend: the first in the algorithm's order that is healthy, that its breaker
+    /// lets through, and that `accept` takes (the caller excludes backends this request
+    /// already tried). A breaker that loses a race for its last probe slot is skipped.
     pub fn select(
         &self,
         key: &[u8],
+        now: Instant,
         accept: impl Fn(&BackendState) -> bool,
-    ) -> Option<Arc<BackendState>> {
-        let backend = self.balancer.select_with(key, |b, healthy| {
-            healthy && b.ext.get::<Arc<BackendState>>().is_some_and(|s| accept(s))
-        })?;
-        backend.ext.get::<Arc<BackendState>>().cloned()
+    ) -> Option<(Arc<BackendState>, Admitted)> {
+        let mut refused: Vec<usize> = Vec::new();
+        loop {
+            let backend = self.balancer.select_with(key, |b, healthy| {
+                healthy
+                    && b.ext.get::<Arc<BackendState>>().is_some_and(|s| {
+                        accept(s)
+                            && !refused.contains(&s.index)
+                            && self
+                                .breakers
+                                .as_ref()
+                                .is_none_or(|br| br.allows(s.index, now))
+                    })
+            })?;
+            let state = backend.ext.get::<Arc<BackendState>>()?.clone();
+            let Some(breakers) = &self.breakers else {
+                return Some((state, Admitted::Plain));
+            };
+            let (admission, transition) = breakers.admit(state.index, now);
+            if let Some(t) = transition {
+                self.on_transition(&state, t);
+            }
+            match admission {
+                Admission::Allowed => return Some((state, Admitted::Plain)),
+                Admission::Probe(p) => return Some((state, Admitted::Probe(p))),
+                Admission::Overridden => return Some((state, Admitted::Overridden)),
+                Admission::Rejected => refused.push(state.index),
+            }
+        }
+    }
+
+    /// Reports an attempt's result to the backend's breaker.
+    pub fn report(&self, backend: &BackendState, admitted: Admitted, ok: bool, now: Instant) {
+        let Some(breaker) = self.breakers.as_ref().and_then(|b| b.get(backend.index)) else {
+            return;
+        };
+        let permit = match admitted {
+            Admitted::Plain => None,
+            Admitted::Probe(p) => Some(p),
+            Admitted::Overridden => return,
+        };
+        let transition = if ok {
+            breaker.record_success(permit, now)
+        } else {
+            breaker.record_failure(permit, now)
+        };
+        if let Some(t) = transition {
+            self.on_transition(backend, t);
+        }
+    }
+
+    /// Whether a backend response status counts as a breaker failure.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.config
+            .circuit_breaker
+            .as_ref()
+            .is_some_and(|b| b.failure_statuses.contains(&status))
+    }
+
+    /// The breaker state of a backend, if the group has breakers.
+    pub fn breaker_state(&self, backend: &BackendState, now: Instant) -> Option<State> {
+        let breakers = self.breakers.as_ref()?;
+        breakers.get(backend.index).map(|b| b.state(now))
+    }
+
+    fn on_transition(&self, backend: &BackendState, t: Transition) {
+        log::warn!(
+            "upstream {}: breaker of {} {} -> {}",
+            self.name,
+            backend.label,
+            t.from.as_str(),
+            t.to.as_str()
+        );
+        if let Some(hook) = self.transitions.get() {
+            hook(self, backend, t);
+        }
     }
 
     /// The peer to connect to for `backend`, with this group's timeouts and TLS.

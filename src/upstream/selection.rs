@@ -6,9 +6,7 @@
 //! none (its source says `TODO: least conn`).
 
 use super::BackendState;
-use pingora::lb::selection::{
-    BackendIter, BackendSelection, Consistent, Random, RoundRobin,
-};
+use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

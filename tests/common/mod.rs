@@ -13,12 +13,31 @@ use tollgate::{build_server, Config, StartOptions};
 
 pub use tollgate_demo_backend::{Backend, Mode};
 
-/// A port that was free a moment ago (Pingora binds by address, so we pick one for it).
+/// A port that was free a moment ago, for Pingora (which binds by address itself).
+///
+/// Picked at random below the kernel's ephemeral range (32768+), where port-0 binds (demo
+/// backends, outgoing connections) never land, so a backend stopped by one test cannot hand
+/// its port to another test's edge.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(7919) ^ (rand_u16() & 0x0fff);
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (seed.wrapping_add(n.wrapping_mul(37)) % 12000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (t ^ (t >> 16)) as u16
 }
 
 /// A running edge; stops (fast shutdown) when dropped.
@@ -31,7 +50,15 @@ pub struct Edge {
     pub config_path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
     thread: Option<JoinHandle<()>>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Pingora's no-steal runtime keeps a process-wide thread-local registry of runtime handles;
+/// a second server started after one stopped in the same process can spawn its listeners on a
+/// dead runtime and never listen. Test configs therefore use `work_stealing: true`, and the
+/// edges of one test binary take turns (the real binary runs one server per process, as does
+/// `cargo nextest`).
+static ONE_EDGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Fills the placeholders of a config body: `{https}`, `{http}`, `{dir}`.
 pub struct Placeholders {
@@ -46,6 +73,7 @@ pub fn base_config(p: &Placeholders) -> String {
         r#"
 server:
   threads: 2
+  work_stealing: true
   grace_period: 1s
   graceful_shutdown_timeout: 1s
   pid_file: {dir}/tollgate.pid
@@ -75,6 +103,7 @@ impl Edge {
 
     /// Starts an edge from a whole config built from the placeholders.
     pub fn start_with(make: impl FnOnce(&Placeholders) -> String) -> Edge {
+        let guard = ONE_EDGE.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let p = Placeholders {
             https: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -104,6 +133,7 @@ impl Edge {
             config_path,
             stop: Some(tx),
             thread: Some(thread),
+            _one_at_a_time: guard,
         }
     }
 
@@ -181,6 +211,9 @@ pub fn served_by(resp: &reqwest::Response) -> String {
 
 /// YAML list of backend addresses.
 pub fn backend_list(backends: &[&Backend]) -> String {
-    let items: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr())).collect();
+    let items: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr()))
+        .collect();
     format!("[{}]", items.join(", "))
 }
