@@ -12,6 +12,8 @@
 //! - [`routing`]: path normalization and longest-prefix matching on segment boundaries.
 //! - [`upstream`]: groups, selection algorithms, peers and timeouts, health checks.
 //! - [`breaker`]: per-backend circuit breakers (closed/open/half-open) and the ejection cap.
+//! - [`ratelimit`]: token bucket (GCRA), sliding window (Pingora's estimator), fixed window; bounded key tables.
+//! - [`clients`]: API clients: keys, in-memory index, SQLite/PostgreSQL stores, fleet sync.
 //! - [`tls`]: certificate store, SNI resolver, demo certificates.
 //! - [`reload`]: SIGHUP reload that swaps the runtime and certificates atomically.
 //! - [`redirect`]: the plaintext listener's 308 to https.
@@ -22,10 +24,12 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod clients;
 pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod redirect;
 pub mod reload;
 pub mod routing;

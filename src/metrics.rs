@@ -34,6 +34,8 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     pub breaker_transitions: IntCounterVec,
     pub retries: IntCounterVec,
+    pub ratelimited: IntCounterVec,
+    ratelimit_keys: IntGaugeVec,
     pub retry_budget_exhausted: IntCounterVec,
     pub last_reload_success: Gauge,
     pub config_info: IntGaugeVec,
@@ -184,6 +186,19 @@ impl Metrics {
                 "Circuit breaker transitions, by the state entered.",
                 &["upstream", "backend", "to"]
             ),
+            ratelimited: counter_vec!(
+                &r,
+                "tollgate_ratelimited_total",
+                "Requests refused by a rate limit (mode dry_run: would have been).",
+                &["route", "policy", "mode"]
+            ),
+            ratelimit_keys: gauge_vec!(
+                IntGaugeVec,
+                &r,
+                "tollgate_ratelimit_keys",
+                "Keys tracked by each rate-limit policy (sliding windows track none).",
+                &["policy"]
+            ),
             retries: counter_vec!(
                 &r,
                 "tollgate_retries_total",
@@ -238,6 +253,14 @@ impl Metrics {
                 self.backend_in_flight
                     .with_label_values(&labels)
                     .set(i64::try_from(b.in_flight()).unwrap_or(i64::MAX));
+            }
+        }
+        self.ratelimit_keys.reset();
+        for route in runtime.router.iter() {
+            for limit in &route.limits {
+                self.ratelimit_keys
+                    .with_label_values(&[limit.limiter.name()])
+                    .set(i64::try_from(limit.limiter.len()).unwrap_or(i64::MAX));
             }
         }
         let mut out = Vec::with_capacity(16 * 1024);

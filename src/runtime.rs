@@ -4,10 +4,12 @@
 //! and keeps it to the end, so a reload never tears a request. Building a new runtime reuses
 //! every upstream group whose config did not change, so health state carries over.
 
-use crate::config::{Config, RetryPolicy, RouteConfig};
+use crate::config::{Auth, Config, KeySource, RetryPolicy, RouteConfig};
 use crate::metrics::Metrics;
 use crate::proxy::forwarding::TrustedProxies;
+use crate::proxy::gate::RouteLimit;
 use crate::proxy::retry::RetryBudget;
+use crate::ratelimit::Limiter;
 use crate::routing::{RouteSpec, Router};
 use crate::upstream::Group;
 use arc_swap::ArcSwap;
@@ -22,11 +24,15 @@ pub struct Route {
     pub group: Arc<Group>,
     pub retries: RetryPolicy,
     pub retry_budget: RetryBudget,
+    pub auth: Auth,
+    pub limits: Vec<RouteLimit>,
 }
 
 /// Routes, groups and policies of one configuration generation.
 pub struct Runtime {
     pub config: Arc<Config>,
+    /// Where API keys are looked for (empty without a clients section).
+    pub key_sources: Vec<KeySource>,
     pub router: Router<Arc<Route>>,
     pub groups: HashMap<String, Arc<Group>>,
     pub trusted: TrustedProxies,
@@ -40,6 +46,12 @@ pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 pub enum BuildError {
     #[error("routes[{0}]: duplicate host and prefix")]
     DuplicateRoute(usize),
+    #[error("routes[{index}].rate_limit[{policy}]: {message}")]
+    RateLimit {
+        index: usize,
+        policy: usize,
+        message: String,
+    },
     #[error("routes[{index}].upstream: unknown upstream {name:?}")]
     UnknownUpstream { index: usize, name: String },
 }
@@ -77,10 +89,15 @@ impl Runtime {
             .routes
             .iter()
             .enumerate()
-            .map(|(index, r)| route_spec(index, r, &groups))
+            .map(|(index, r)| route_spec(index, r, &groups, previous))
             .collect::<Result<Vec<_>, _>>()?;
         let router = Router::new(specs).map_err(|d| BuildError::DuplicateRoute(d.index))?;
         Ok(Runtime {
+            key_sources: config
+                .clients
+                .as_ref()
+                .map(|c| c.key_sources.clone())
+                .unwrap_or_default(),
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             config: Arc::new(config),
             router,
@@ -93,7 +110,37 @@ fn route_spec(
     index: usize,
     r: &RouteConfig,
     groups: &HashMap<String, Arc<Group>>,
+    previous: Option<&Runtime>,
 ) -> Result<RouteSpec<Arc<Route>>, BuildError> {
+    let old_limits: Vec<&RouteLimit> = previous
+        .into_iter()
+        .flat_map(|p| p.router.iter())
+        .filter(|old| old.name == r.name)
+        .flat_map(|old| old.limits.iter())
+        .collect();
+    let mut limits = Vec::with_capacity(r.rate_limits.len());
+    for (j, l) in r.rate_limits.iter().enumerate() {
+        // An unchanged policy keeps its table, so a reload does not hand out fresh quotas.
+        let kept = old_limits
+            .iter()
+            .find(|o| o.key == l.key && *o.limiter.policy() == l.policy)
+            .map(|o| o.limiter.clone());
+        let limiter =
+            match kept {
+                Some(k) => k,
+                None => Arc::new(Limiter::try_new(l.policy.clone()).map_err(|e| {
+                    BuildError::RateLimit {
+                        index,
+                        policy: j,
+                        message: e.to_string(),
+                    }
+                })?),
+            };
+        limits.push(RouteLimit {
+            key: l.key.clone(),
+            limiter,
+        });
+    }
     let group = groups
         .get(&r.upstream)
         .cloned()
@@ -111,6 +158,8 @@ fn route_spec(
             group,
             retries: r.retries.clone(),
             retry_budget: RetryBudget::default(),
+            auth: r.auth,
+            limits,
         }),
     })
 }

@@ -6,10 +6,12 @@
 //! `--upgrade`; we add `SIGHUP` for reloads.
 
 use crate::admin::{AdminApp, MetricsApp};
-use crate::config::{Config, ListenerKind};
+use crate::clients::{ClientDefaults, Clients, ClientsService};
+use crate::config::{ClientsConfig, Config, ListenerKind};
 use crate::metrics::Metrics;
 use crate::proxy::connections::CountConnections;
 use crate::proxy::deadline::HeaderDeadline;
+use crate::proxy::gate::LimitSweeper;
 use crate::proxy::Tollgate;
 use crate::redirect::Redirect;
 use crate::reload::{ReloadWatcher, Reloader};
@@ -51,6 +53,8 @@ pub enum StartError {
     },
     #[error("admin.token_env: ${0} is not set, and the admin API is not on loopback")]
     AdminToken(String),
+    #[error("clients.store: {0}")]
+    Clients(String),
     #[error("{0}")]
     Runtime(#[from] crate::runtime::BuildError),
     #[error("listeners[{index}] ({name}): {message}")]
@@ -99,6 +103,11 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     let settings = config.server.clone();
     let redirect_port = config.https_port();
     let listeners = config.listeners.clone();
+    let clients = match &config.clients {
+        Some(c) => Some(Arc::new(open_clients(c)?)),
+        None => None,
+    };
+    let clients_config = config.clients.clone();
     let admin = config.admin.clone();
     let metrics_listener = config.metrics.clone();
     let metrics = Arc::new(Metrics::new());
@@ -106,8 +115,10 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         config, None, &metrics,
     )?));
 
-    let mut proxy =
-        pingora::proxy::http_proxy(&conf, Tollgate::new(runtime.clone(), metrics.clone()));
+    let mut proxy = pingora::proxy::http_proxy(
+        &conf,
+        Tollgate::new(runtime.clone(), metrics.clone(), clients.clone()),
+    );
     let mut options = HttpServerOptions::default();
     options.keepalive_request_limit = Some(settings.keepalive_requests);
     proxy.server_options = Some(options);
@@ -166,6 +177,10 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         server.add_service(r);
     }
     server.add_service(background_service(
+        "rate limit sweeper",
+        LimitSweeper::new(runtime.clone()),
+    ));
+    server.add_service(background_service(
         "health checks",
         HealthService::new(runtime.clone()),
     ));
@@ -193,7 +208,12 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
             },
             None => None,
         };
-        let app = HttpServer::new_app(AdminApp::new(runtime.clone(), reloader.clone(), token));
+        let app = HttpServer::new_app(AdminApp::new(
+            runtime.clone(),
+            reloader.clone(),
+            token,
+            clients.clone(),
+        ));
         let mut service = Service::new("tollgate admin".to_string(), app);
         service.add_tcp(&a.address.to_string());
         server.add_service(service);
@@ -202,12 +222,33 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         "reload on SIGHUP",
         ReloadWatcher::new(reloader.clone()),
     ));
+    if let (Some(registry), Some(c)) = (&clients, clients_config) {
+        server.add_service(background_service(
+            "clients sync and save",
+            ClientsService::new(registry.clone(), c.sync_interval, c.save_state_interval),
+        ));
+    }
     Ok(Built {
         server,
         runtime,
         reloader,
         metrics,
     })
+}
+
+/// Opens the client store and loads every client (and its saved bucket level) into memory.
+fn open_clients(c: &ClientsConfig) -> Result<Clients, StartError> {
+    let defaults = ClientDefaults {
+        rate_per_sec: c.default_rate_per_sec,
+        capacity: c.default_capacity,
+    };
+    // Pingora's runtimes do not exist yet; a short-lived one does the first load.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Clients(e.to_string()))?;
+    rt.block_on(Clients::open(&c.store, defaults))
+        .map_err(|e| StartError::Clients(e.to_string()))
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -44,7 +44,12 @@ async fn hung_backend_times_out_with_504() {
     b.set_mode(Mode::Hang);
     let edge = Edge::start(&group(&[&b], "    timeouts: { read: 300ms }"));
     let started = std::time::Instant::now();
-    let resp = edge.client().get(edge.url("/api/x")).send().await.expect("send");
+    let resp = edge
+        .client()
+        .get(edge.url("/api/x"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(5));
     let body: serde_json::Value = resp.json().await.expect("json");

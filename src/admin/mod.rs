@@ -9,8 +9,10 @@
 //! - `GET /admin/upstreams`, `GET /admin/routes`, `GET /admin/config` (hash, secrets redacted).
 //! - `POST /admin/reload`: same as `SIGHUP`; the result, with the errors when refused.
 
+mod clients;
 mod http_util;
 
+use crate::clients::Clients;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::runtime::SharedRuntime;
@@ -29,14 +31,21 @@ pub struct AdminApp {
     runtime: SharedRuntime,
     reloader: Arc<Reloader>,
     token: Option<String>,
+    clients: Option<Arc<Clients>>,
 }
 
 impl AdminApp {
-    pub fn new(runtime: SharedRuntime, reloader: Arc<Reloader>, token: Option<String>) -> Self {
+    pub fn new(
+        runtime: SharedRuntime,
+        reloader: Arc<Reloader>,
+        token: Option<String>,
+        clients: Option<Arc<Clients>>,
+    ) -> Self {
         AdminApp {
             runtime,
             reloader,
             token,
+            clients,
         }
     }
 
@@ -62,6 +71,15 @@ impl AdminApp {
         }
         if !self.authorized(session) {
             return error(StatusCode::UNAUTHORIZED, "missing or invalid admin token");
+        }
+        if path == "/clients" || path.starts_with("/clients/") {
+            return match &self.clients {
+                Some(registry) => clients::handle(registry, session, &method, &path).await,
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "no clients section in the configuration",
+                ),
+            };
         }
         match (method, path.as_str()) {
             (Method::GET, "/readyz") => self.readyz(),

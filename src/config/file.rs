@@ -212,6 +212,68 @@ pub struct RouteFile {
     pub strip_prefix: bool,
     #[serde(default)]
     pub retries: Option<RetriesFile>,
+    /// `none` (default) or `api_key`.
+    #[serde(default)]
+    pub auth: Option<String>,
+    #[serde(default)]
+    pub rate_limit: Option<OneOrMany<serde_yaml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    Many(Vec<T>),
+    One(T),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::Many(v) => v,
+            OneOrMany::One(t) => vec![t],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `ip`, `client`, or `header:NAME`.
+    pub key: String,
+    /// `token_bucket` (default), `sliding_window` or `fixed_window`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    #[serde(default)]
+    pub rate_per_sec: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub window: Option<HumanDuration>,
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsFile {
+    pub store: Option<String>,
+    pub key_sources: Option<Vec<String>>,
+    pub defaults: Option<ClientDefaultsFile>,
+    pub save_state_interval: Option<HumanDuration>,
+    pub sync_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientDefaultsFile {
+    pub rate_per_sec: f64,
+    pub capacity: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +300,8 @@ pub struct TopFile {
     pub metrics: Option<serde_yaml::Value>,
     #[serde(default)]
     pub trusted_proxies: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub clients: Option<serde_yaml::Value>,
     pub upstreams: BTreeMap<String, serde_yaml::Value>,
     pub routes: Vec<serde_yaml::Value>,
 }

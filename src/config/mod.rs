@@ -37,6 +37,8 @@ pub struct Config {
     pub metrics: Option<MetricsListener>,
     /// Peers allowed to set `X-Forwarded-For` and `X-Request-Id`.
     pub trusted_proxies: Vec<IpNet>,
+    /// API clients; `None` when the file has no `clients` section (no route may use api keys).
+    pub clients: Option<ClientsConfig>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     /// The text this was parsed from, and its hash.
@@ -272,6 +274,55 @@ pub struct RouteConfig {
     pub upstream: String,
     pub strip_prefix: bool,
     pub retries: RetryPolicy,
+    pub auth: Auth,
+    /// Applied in order; the first that refuses answers 429.
+    pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// How a route identifies its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    /// An API client key is required (401 otherwise); its own bucket applies.
+    ApiKey,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub key: LimitKey,
+    pub policy: crate::ratelimit::Policy,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client ip (trusted-proxy aware).
+    Ip,
+    /// The API client (routes with `auth: api_key`).
+    Client,
+    /// A request header's value; requests without it are not limited by this policy.
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientsConfig {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub store: String,
+    pub key_sources: Vec<KeySource>,
+    pub default_rate_per_sec: f64,
+    pub default_capacity: u32,
+    pub save_state_interval: Duration,
+    pub sync_interval: Duration,
+}
+
+/// Where a request carries its API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `Authorization: Bearer <key>`.
+    AuthorizationBearer,
+    Header(HeaderName),
+    /// A query parameter, for older clients.
+    Query(String),
 }
 
 /// One problem in the file, located by its YAML path.

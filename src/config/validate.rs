@@ -75,11 +75,12 @@ pub(super) fn from_yaml(text: &str) -> Result<Config, Vec<FieldError>> {
     let admin = top.admin.and_then(|v| admin(&mut errs, v));
     let metrics = top.metrics.and_then(|v| metrics(&mut errs, v));
     let trusted_proxies = trusted_proxies(&mut errs, top.trusted_proxies);
+    let clients = top.clients.and_then(|v| clients(&mut errs, v));
     // Routes are checked against every declared group, valid or not, so one broken group does
     // not also report each route that uses it.
     let declared: HashSet<String> = top.upstreams.keys().cloned().collect();
     let upstreams = upstreams(&mut errs, top.upstreams);
-    let routes = routes(&mut errs, top.routes, &declared);
+    let routes = routes(&mut errs, top.routes, &declared, clients.is_some());
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -89,6 +90,7 @@ pub(super) fn from_yaml(text: &str) -> Result<Config, Vec<FieldError>> {
             admin,
             metrics,
             trusted_proxies,
+            clients,
             upstreams,
             routes,
             source: Arc::new(Source::new(text)),
@@ -339,6 +341,164 @@ fn metrics(errs: &mut Errors, raw: serde_yaml::Value) -> Option<MetricsListener>
     let f: MetricsFile = errs.parse("metrics", raw)?;
     let address = socket_addr(errs, "metrics.address", f.address, "127.0.0.1:9091")?;
     Some(MetricsListener { address })
+}
+
+fn rate_limit(
+    errs: &mut Errors,
+    path: &str,
+    f: RateLimitFile,
+    default_name: String,
+    auth: Auth,
+) -> Option<RateLimitConfig> {
+    use crate::ratelimit::{Algorithm, Limiter, Policy};
+    let before = errs.0.len();
+    let key = match f.key.as_str() {
+        "ip" => LimitKey::Ip,
+        "client" => {
+            if auth != Auth::ApiKey {
+                errs.push(
+                    format!("{path}.key"),
+                    "key: client needs auth: api_key on the route",
+                );
+            }
+            LimitKey::Client
+        }
+        k => match k
+            .strip_prefix("header:")
+            .and_then(|h| HeaderName::from_bytes(h.trim().as_bytes()).ok())
+        {
+            Some(h) => LimitKey::Header(h),
+            None => {
+                errs.push(
+                    format!("{path}.key"),
+                    format!("invalid key {k:?} (expected ip, client or header:NAME)"),
+                );
+                LimitKey::Ip
+            }
+        },
+    };
+    let mut need = |field: &str, present: bool| {
+        if !present {
+            errs.push(format!("{path}.{field}"), "required for this algorithm");
+        }
+    };
+    let algorithm = match f.algorithm.as_deref().unwrap_or("token_bucket") {
+        "token_bucket" => {
+            need("rate_per_sec", f.rate_per_sec.is_some());
+            Algorithm::TokenBucket {
+                rate_per_sec: f.rate_per_sec.unwrap_or(1.0),
+                burst: f
+                    .burst
+                    .unwrap_or_else(|| f.rate_per_sec.unwrap_or(1.0).ceil() as u32),
+            }
+        }
+        name @ ("sliding_window" | "fixed_window") => {
+            need("limit", f.limit.is_some());
+            need("window", f.window.is_some());
+            let (limit, window) = (
+                f.limit.unwrap_or(1),
+                f.window.map_or(Duration::from_secs(1), |w| w.0),
+            );
+            if name == "sliding_window" {
+                Algorithm::SlidingWindow { limit, window }
+            } else {
+                Algorithm::FixedWindow { limit, window }
+            }
+        }
+        other => {
+            errs.push(
+                format!("{path}.algorithm"),
+                format!(
+                    "unknown algorithm {other:?} (expected token_bucket, sliding_window or fixed_window)"
+                ),
+            );
+            return None;
+        }
+    };
+    let policy = Policy {
+        name: f.name.unwrap_or(default_name),
+        algorithm,
+        max_keys: f.max_keys.unwrap_or(100_000),
+        dry_run: f.dry_run,
+    };
+    if errs.0.len() == before {
+        // The limiter's own checks (ranges, window bounds, name charset) are the source of truth.
+        if let Err(e) = Limiter::try_new(policy.clone()) {
+            errs.push(path, e.to_string());
+        }
+    }
+    (errs.0.len() == before).then_some(RateLimitConfig { key, policy })
+}
+
+fn clients(errs: &mut Errors, raw: serde_yaml::Value) -> Option<ClientsConfig> {
+    let f: ClientsFile = errs.parse("clients", raw)?;
+    let store = f
+        .store
+        .unwrap_or_else(|| "sqlite://data/tollgate.db".into());
+    if !(store.starts_with("sqlite://")
+        || store.starts_with("postgres://")
+        || store.starts_with("postgresql://"))
+    {
+        errs.push("clients.store", "expected sqlite://PATH or postgres://...");
+    }
+    let mut key_sources = Vec::new();
+    let raw_sources = f
+        .key_sources
+        .unwrap_or_else(|| vec!["authorization_bearer".into(), "header:x-api-key".into()]);
+    if raw_sources.is_empty() {
+        errs.push("clients.key_sources", "at least one key source is required");
+    }
+    for (i, s) in raw_sources.iter().enumerate() {
+        let source = if s == "authorization_bearer" {
+            Some(KeySource::AuthorizationBearer)
+        } else if let Some(h) = s.strip_prefix("header:") {
+            HeaderName::from_bytes(h.trim().as_bytes())
+                .ok()
+                .map(KeySource::Header)
+        } else if let Some(q) = s.strip_prefix("query:") {
+            let q = q.trim();
+            (!q.is_empty()
+                && q.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            .then(|| KeySource::Query(q.to_string()))
+        } else {
+            None
+        };
+        match source {
+            Some(src) => key_sources.push(src),
+            None => errs.push(
+                format!("clients.key_sources[{i}]"),
+                format!(
+                    "invalid key source {s:?} (expected authorization_bearer, header:NAME or query:NAME)"
+                ),
+            ),
+        }
+    }
+    let (rate, capacity) = f
+        .defaults
+        .map_or((5.0, 20), |d| (d.rate_per_sec, d.capacity));
+    if !(rate.is_finite() && rate > 0.0) {
+        errs.push("clients.defaults.rate_per_sec", "must be a positive number");
+    }
+    if capacity == 0 {
+        errs.push("clients.defaults.capacity", "must be at least 1");
+    }
+    Some(ClientsConfig {
+        store,
+        key_sources,
+        default_rate_per_sec: rate,
+        default_capacity: capacity,
+        save_state_interval: errs.positive(
+            "clients.save_state_interval",
+            f.save_state_interval,
+            Duration::from_secs(10),
+        ),
+        sync_interval: errs.positive(
+            "clients.sync_interval",
+            f.sync_interval,
+            Duration::from_secs(5),
+        ),
+    })
 }
 
 fn trusted_proxies(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Vec<IpNet> {
@@ -687,6 +847,7 @@ fn routes(
     errs: &mut Errors,
     raw: Vec<serde_yaml::Value>,
     upstreams: &HashSet<String>,
+    has_clients: bool,
 ) -> Vec<RouteConfig> {
     if raw.is_empty() {
         errs.push("routes", "at least one route is required");
@@ -743,6 +904,51 @@ fn routes(
                 );
             }
         }
+        let auth = match f.auth.as_deref() {
+            None | Some("none") => Auth::None,
+            Some("api_key") => {
+                if !has_clients {
+                    errs.push(
+                        format!("{path}.auth"),
+                        "api_key needs a top-level clients section",
+                    );
+                }
+                Auth::ApiKey
+            }
+            Some(other) => {
+                errs.push(
+                    format!("{path}.auth"),
+                    format!("unknown auth {other:?} (expected none or api_key)"),
+                );
+                Auth::None
+            }
+        };
+        let mut rate_limits = Vec::new();
+        for (j, v) in f
+            .rate_limit
+            .map(|r| r.into_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let lpath = format!("{path}.rate_limit[{j}]");
+            let Some(lf) = errs.parse::<RateLimitFile>(&lpath, v) else {
+                continue;
+            };
+            let default_name = format!("{}-{j}", f.name);
+            if let Some(limit) = rate_limit(errs, &lpath, lf, default_name, auth) {
+                if rate_limits
+                    .iter()
+                    .any(|l: &RateLimitConfig| l.policy.name == limit.policy.name)
+                {
+                    errs.push(
+                        format!("{lpath}.name"),
+                        "duplicate policy name in this route",
+                    );
+                }
+                rate_limits.push(limit);
+            }
+        }
         let key_prefix = prefix.trim_end_matches('/').to_string();
         if let Some(other) = matches.insert((host.clone(), key_prefix), i) {
             errs.push(
@@ -763,6 +969,8 @@ fn routes(
             upstream: f.upstream,
             strip_prefix: f.strip_prefix,
             retries: retries(errs, &format!("{path}.retries"), f.retries),
+            auth,
+            rate_limits,
         });
     }
     out

@@ -2,6 +2,7 @@
 //! the upstream attempts made.
 
 use super::forwarding::{self, TrustedProxies};
+use super::gate::{Caller, LimitHeaders};
 use super::retry::Active;
 use crate::metrics::Metrics;
 use crate::runtime::{Route, Runtime};
@@ -19,6 +20,9 @@ pub struct Ctx {
     pub upstream: Attempts,
     /// This request's share of its route's retry budget (request and retries in flight).
     pub budget: Vec<Active>,
+    /// The API client, on `auth: api_key` routes.
+    pub caller: Option<Caller>,
+    pub limit_headers: LimitHeaders,
 }
 
 impl Ctx {
@@ -29,6 +33,8 @@ impl Ctx {
             route: None,
             upstream: Attempts::default(),
             budget: Vec::new(),
+            caller: None,
+            limit_headers: LimitHeaders::default(),
         }
     }
 }

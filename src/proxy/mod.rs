@@ -18,10 +18,12 @@ pub mod connections;
 pub mod ctx;
 pub mod deadline;
 pub mod forwarding;
+pub mod gate;
 pub mod respond;
 pub mod retry;
 
-use crate::config::HashKey;
+use crate::clients::Clients;
+use crate::config::{Auth, HashKey, KeySource};
 use crate::logging::AccessLine;
 use crate::metrics::Metrics;
 use crate::routing::{normalize_path, strip_prefix};
@@ -42,11 +44,16 @@ use std::time::Instant;
 pub struct Tollgate {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
+    clients: Option<Arc<Clients>>,
     keepalive_secs: u64,
 }
 
 impl Tollgate {
-    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        runtime: SharedRuntime,
+        metrics: Arc<Metrics>,
+        clients: Option<Arc<Clients>>,
+    ) -> Self {
         let keepalive_secs = runtime
             .load()
             .config
@@ -57,6 +64,7 @@ impl Tollgate {
         Tollgate {
             runtime,
             metrics,
+            clients,
             keepalive_secs,
         }
     }
@@ -104,8 +112,33 @@ impl ProxyHttp for Tollgate {
         } else {
             path
         };
-        if upstream_path != req.uri.path() {
-            ctx.request.upstream_path = Some(with_query(&upstream_path, req.uri.query()));
+        if route.auth == Auth::ApiKey {
+            match gate::authenticate(self.clients.as_deref(), req, &ctx.runtime.key_sources) {
+                Ok(caller) => ctx.caller = Some(caller),
+                Err(refusal) => return self.refuse(session, ctx, &route, refusal).await,
+            }
+        }
+        if let Err(refusal) = gate::check_limits(
+            &route,
+            ctx.caller.as_ref(),
+            ctx.request.client_ip,
+            req,
+            &self.metrics,
+            &mut ctx.limit_headers,
+        ) {
+            return self.refuse(session, ctx, &route, refusal).await;
+        }
+        let query_key = match ctx.caller.as_ref().map(|c| &c.source) {
+            Some(KeySource::Query(param)) => Some(param.as_str()),
+            _ => None,
+        };
+        let query = match (req.uri.query(), query_key) {
+            (Some(q), Some(param)) => Some(Cow::Owned(gate::query_without(q, param))),
+            (q, _) => q.map(Cow::Borrowed),
+        };
+        if upstream_path != req.uri.path() || query_key.is_some() {
+            let query = query.as_deref().filter(|q| !q.is_empty());
+            ctx.request.upstream_path = Some(with_query(&upstream_path, query));
         }
         if route.retries.attempts > 0 && req.method.is_idempotent() {
             // Keep the start of the body so an idempotent request can be sent again.
@@ -241,6 +274,20 @@ impl ProxyHttp for Tollgate {
             upstream.insert_header("x-forwarded-host", host.as_ref())?;
         }
         upstream.insert_header("x-request-id", ctx.request.id.as_str())?;
+        // Only Tollgate says who the client is; the key itself never reaches the backend.
+        upstream.remove_header("x-client-id");
+        if let Some(caller) = &ctx.caller {
+            match &caller.source {
+                KeySource::AuthorizationBearer => {
+                    upstream.remove_header(&http::header::AUTHORIZATION);
+                }
+                KeySource::Header(name) => {
+                    upstream.remove_header(name);
+                }
+                KeySource::Query(_) => {}
+            }
+            upstream.insert_header("x-client-id", caller.client.client_id())?;
+        }
         ctx.upstream.sent_at = Some(Instant::now());
         Ok(())
     }
@@ -281,6 +328,10 @@ impl ProxyHttp for Tollgate {
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request.id.as_str())?;
+        if !ctx.limit_headers.is_empty() {
+            resp.insert_header("ratelimit-policy", ctx.limit_headers.policy.as_str())?;
+            resp.insert_header("ratelimit", ctx.limit_headers.ratelimit.as_str())?;
+        }
         Ok(())
     }
 
@@ -361,6 +412,38 @@ impl ProxyHttp for Tollgate {
 }
 
 impl Tollgate {
+    /// Answers a request the gate refused (401, 429, or 503 without a client registry).
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        route: &Route,
+        refusal: gate::Refusal,
+    ) -> Result<bool> {
+        let mut extra: Vec<(&str, String)> = Vec::new();
+        let (code, message) = match refusal {
+            gate::Refusal::Unauthorized(e) => (401, e.to_string()),
+            gate::Refusal::NoRegistry => {
+                log::error!(
+                    "route {}: auth api_key but no client registry is open (the clients \
+                     section needs a restart to take effect)",
+                    route.name
+                );
+                (503, "client registry unavailable".to_string())
+            }
+            gate::Refusal::Limited { retry_after_secs } => {
+                extra.push(("retry-after", retry_after_secs.to_string()));
+                (429, "rate limit exceeded".to_string())
+            }
+        };
+        if !ctx.limit_headers.is_empty() {
+            extra.push(("ratelimit-policy", ctx.limit_headers.policy.clone()));
+            extra.push(("ratelimit", ctx.limit_headers.ratelimit.clone()));
+        }
+        respond::write_error_with(session, code, &message, &ctx.request.id, &extra).await?;
+        Ok(true)
+    }
+
     /// Whether this request may make another attempt for `reason`; takes budget when it may.
     fn take_retry(&self, ctx: &mut Ctx, route: &Route, reason: retry::Reason) -> bool {
         let group = &route.group;

@@ -49,8 +49,22 @@ pub async fn write_error(
     message: &str,
     request_id: &str,
 ) -> Result<()> {
+    write_error_with(session, code, message, request_id, &[]).await
+}
+
+/// Writes a complete JSON error response with extra headers (`Retry-After`, `RateLimit`...).
+pub async fn write_error_with(
+    session: &mut Session,
+    code: u16,
+    message: &str,
+    request_id: &str,
+    extra: &[(&str, String)],
+) -> Result<()> {
     let body = error_body(code, message);
-    let resp = error_header(code, body.len(), request_id)?;
+    let mut resp = error_header(code, body.len(), request_id)?;
+    for (name, value) in extra {
+        resp.insert_header(name.to_string(), value.as_str())?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
