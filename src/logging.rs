@@ -62,6 +62,8 @@ pub struct AccessLine<'a> {
     pub latency_ms: f64,
     pub upstream_latency_ms: Option<f64>,
     pub attempts: usize,
+    /// Every backend tried, in order.
+    pub tried: &'a [std::net::SocketAddr],
 }
 
 impl AccessLine<'_> {

@@ -45,6 +45,17 @@ fn strip_port(host: &str) -> Option<&str> {
 impl ServeHttp for Redirect {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
+        let http10_close = req.version == http::Version::HTTP_10
+            && !req
+                .headers
+                .get(http::header::CONNECTION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("keep-alive"));
+        if http10_close {
+            // Pingora's HttpServer keeps connections alive unless told otherwise.
+            session.set_keepalive(None);
+        }
+        let req = session.req_header();
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let host = req
             .headers

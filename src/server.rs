@@ -120,7 +120,8 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         Tollgate::new(runtime.clone(), metrics.clone(), clients.clone()),
     );
     let mut options = HttpServerOptions::default();
-    options.keepalive_request_limit = Some(settings.keepalive_requests);
+    // Pingora counts reuses after the first request.
+    options.keepalive_request_limit = Some(settings.keepalive_requests.saturating_sub(1));
     proxy.server_options = Some(options);
     let app = CountConnections::new(
         HeaderDeadline::new(

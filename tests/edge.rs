@@ -55,3 +55,46 @@ async fn hung_backend_times_out_with_504() {
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(body["code"], 504);
 }
+
+/// A group with `tls` reaches its backends over TLS, sending the configured SNI.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_backend_with_sni() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("b.crt"), dir.path().join("b.key"));
+    tollgate::tls::write_self_signed(&cert, &key, &["backend.internal"]).expect("cert");
+    let pem = |p: &std::path::Path| std::fs::read_to_string(p).expect("pem");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = Backend::spawn_tls(listener, "secure", &pem(&cert), &pem(&key)).expect("tls backend");
+    let edge = Edge::start(&group(
+        &[&b],
+        "    tls: { sni: backend.internal, verify: false }",
+    ));
+    let resp = edge
+        .client()
+        .get(edge.url("/api/x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(served_by(&resp), "secure");
+}
+
+/// The same backend with certificate verification on is refused (self-signed): 502, not 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_backend_verifies_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("b.crt"), dir.path().join("b.key"));
+    tollgate::tls::write_self_signed(&cert, &key, &["backend.internal"]).expect("cert");
+    let pem = |p: &std::path::Path| std::fs::read_to_string(p).expect("pem");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = Backend::spawn_tls(listener, "secure", &pem(&cert), &pem(&key)).expect("tls backend");
+    let edge = Edge::start(&group(&[&b], "    tls: { sni: backend.internal }"));
+    let resp = edge
+        .client()
+        .get(edge.url("/api/x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(b.requests(), 0);
+}

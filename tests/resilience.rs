@@ -82,3 +82,57 @@ async fn refused_connection_is_retried_elsewhere() {
     }
     let _ = Duration::ZERO;
 }
+
+/// A backend whose breaker opened is back in rotation once it recovers and open_for passed.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovered_backend_returns_to_rotation() {
+    let a = Backend::start("a");
+    let z = Backend::start("z");
+    z.set_mode(Mode::Status(503));
+    let edge = Edge::start(&config(
+        &[&a, &z],
+        "    circuit_breaker: { consecutive_failures: 2, open_for: 500ms, half_open_probes: 1, max_ejection_percent: 50 }",
+        "    retries: { attempts: 1, budget_percent: 100 }",
+    ));
+    let client = edge.client();
+    for _ in 0..10 {
+        let resp = client.get(edge.url("/api/x")).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+    }
+    let seen = z.requests();
+    assert!(seen <= 2, "open breaker still sent {seen}");
+    z.set_mode(Mode::Normal);
+    let back = eventually(Duration::from_secs(10), async || {
+        let resp = client.get(edge.url("/api/x")).send().await.expect("send");
+        served_by(&resp) == "z"
+    })
+    .await;
+    assert!(back, "z never came back after recovering");
+}
+
+/// Once the retry budget is spent, failures are answered as they are instead of retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_stop_when_budget_is_spent() {
+    let a = Backend::start("a");
+    let z = Backend::start("z");
+    a.set_mode(Mode::Status(503));
+    z.set_mode(Mode::Status(503));
+    let edge = Edge::start(&config(
+        &[&a, &z],
+        "",
+        "    retries: { attempts: 1, budget_percent: 0, min_per_sec: 1 }",
+    ));
+    let client = edge.client();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let resp = client.get(edge.url("/api/x")).send().await.expect("send");
+        assert_eq!(resp.status(), 503);
+    }
+    let secs = started.elapsed().as_secs() + 2;
+    let hits = a.requests() + z.requests();
+    assert!(hits < 40, "every request was retried ({hits} backend hits)");
+    assert!(
+        hits <= 20 + secs,
+        "{hits} backend hits in about {secs}s with a floor of 1/s"
+    );
+}

@@ -29,6 +29,7 @@ impl Errors {
                 let inner = e.path().to_string();
                 let full = match inner.as_str() {
                     "." => path.to_string(),
+                    p if path == "(root)" => p.to_string(),
                     p if p.starts_with('[') => format!("{path}{p}"),
                     p => format!("{path}.{p}"),
                 };

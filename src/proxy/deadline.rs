@@ -7,7 +7,9 @@
 //! which is cheap and needs no change to Pingora.
 //!
 //! On a reused keep-alive connection the wait for the next request is idle time, bounded by
-//! the keep-alive timeout, so there the deadline is keep-alive timeout + header timeout.
+//! the keep-alive timeout, so there the deadline is keep-alive timeout + header timeout. The
+//! proxy marks reused connections through Pingora's per-connection context
+//! (`persist_connection_context`), which arrives with the next request's session.
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -20,6 +22,9 @@ use std::time::Duration;
 tokio::task_local! {
     static HEADER_READ: Cell<bool>;
 }
+
+/// The marker a kept-alive connection carries to its next request.
+pub struct Reused;
 
 /// Called by the proxy once the request header is parsed.
 pub fn header_read() {
@@ -57,7 +62,13 @@ where
         if session.is_http2() {
             return self.inner.process_new_http(session, shutdown).await;
         }
-        let deadline = if session.get_keepalive().is_some() {
+        // The proxy leaves a marker for the next request on a kept-alive connection
+        // (`persist_connection_context`); Pingora hands it to this session. Peek, put back.
+        let mut session = session;
+        let marker = session.take_connection_user_context();
+        let reused = marker.is_some();
+        session.set_connection_user_context(marker);
+        let deadline = if reused {
             self.keepalive_timeout + self.header_timeout
         } else {
             self.header_timeout

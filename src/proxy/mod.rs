@@ -81,8 +81,21 @@ impl ProxyHttp for Tollgate {
     /// Marks the request header as read in time and keeps the connection alive for the next.
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         deadline::header_read();
-        session.set_keepalive(Some(self.keepalive_secs));
+        // Only where Pingora keeps the connection (not HTTP/1.0 without keep-alive, not after
+        // ambiguous framing such as Content-Length with Transfer-Encoding).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.keepalive_secs));
+        }
         Ok(())
+    }
+
+    /// Marks the connection as reused for the next request's header deadline.
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(deadline::Reused))
     }
 
     /// Routes the request; returns `Ok(true)` when a response (400/404) was already written.
@@ -248,6 +261,17 @@ impl ProxyHttp for Tollgate {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Pingora accepts a repeated, identical Content-Length ("3, 3"); RFC 9110 forbids
+        // forwarding it as is.
+        let repeated_length = upstream
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(','))
+            .map(|(first, _)| first.trim().to_string());
+        if let Some(length) = repeated_length {
+            upstream.insert_header(http::header::CONTENT_LENGTH, length)?;
+        }
         if let Some(path) = &ctx.request.upstream_path {
             let uri = path.parse::<http::Uri>().or_err(
                 ErrorType::InternalError,
@@ -405,6 +429,7 @@ impl ProxyHttp for Tollgate {
                 latency_ms: ms(ctx.request.started.elapsed()),
                 upstream_latency_ms: ctx.upstream.latency().map(ms),
                 attempts: ctx.upstream.tried.len(),
+                tried: &ctx.upstream.tried,
             }
             .write();
         }

@@ -1,0 +1,305 @@
+//! Downstream connections: header deadlines (slowloris), keep-alive limits and timeouts, and
+//! when a connection must close after a response.
+
+#[allow(unused_imports)] // `Mode` is unused here
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Like [`start`], with `setting` added to the `server` section.
+fn start_with_server(setting: &str, body: &str) -> Edge {
+    Edge::start_with(|p| {
+        let anchor = "  header_read_timeout: 2s\n";
+        let base = base_config(p);
+        assert!(base.contains(anchor), "base config changed shape");
+        base.replacen(anchor, &format!("{anchor}  {setting}\n"), 1) + body
+    })
+}
+
+fn api(b: &Backend, group_extra: &str) -> String {
+    format!(
+        "upstreams:\n  api:\n    backends: {}\n{group_extra}\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n",
+        backend_list(&[b])
+    )
+}
+
+/// One response read off a keep-alive connection: status line + headers, and the body.
+struct Response {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn status(&self) -> u16 {
+        self.head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response (Content-Length or chunked body); `None` if the server closed first.
+fn read_response(r: &mut BufReader<TcpStream>) -> Option<Response> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => head.push_str(&line),
+        }
+    }
+    let mut resp = Response {
+        head,
+        body: Vec::new(),
+    };
+    if let Some(len) = resp.header("content-length") {
+        let mut body = vec![0; len.parse().ok()?];
+        r.read_exact(&mut body).ok()?;
+        resp.body = body;
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            resp.body.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Some(resp)
+}
+
+/// Opens a connection with generous read timeouts.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp
+}
+
+/// A plain GET on a fresh connection; returns the status.
+fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    let mut tcp = connect(addr);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).expect("write");
+    read_response(&mut BufReader::new(tcp)).map_or(0, |r| r.status())
+}
+
+/// A client dribbling its header one byte every 300ms is cut off by `header_read_timeout`
+/// (2s in the base config), while other connections are served normally.
+#[test]
+fn slowloris_is_disconnected_by_header_deadline() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let mut slow = connect(edge.http);
+    slow.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    slow.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .expect("write");
+    let started = Instant::now();
+    let mut closed_after = None;
+    let mut checked_others = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        if slow.write_all(b"a").is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match slow.read(&mut buf) {
+            // Closed, or a final error response before closing: either way, cut off.
+            Ok(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+        if !checked_others && started.elapsed() > Duration::from_secs(1) {
+            assert_eq!(get_status(edge.http, "/api/x"), 200);
+            checked_others = true;
+        }
+    }
+    let closed_after = closed_after.expect("slow client still connected after 10s");
+    assert!(
+        closed_after < Duration::from_secs(6),
+        "closed after {closed_after:?}"
+    );
+    assert!(checked_others);
+    assert_eq!(b.requests(), 1, "the dribbled request must not be proxied");
+}
+
+/// A connection that sends nothing at all is also closed by the header deadline.
+#[test]
+fn idle_new_connection_is_closed_by_header_deadline() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let mut idle = connect(edge.http);
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let _ = idle.read(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `server.keepalive_requests: 3` serves three requests on one connection, then closes it.
+#[test]
+fn keepalive_requests_caps_requests_per_connection() {
+    let b = Backend::start("b1");
+    let edge = start_with_server("keepalive_requests: 3", &api(&b, ""));
+    let tcp = connect(edge.http);
+    let mut writer = tcp.try_clone().expect("clone");
+    let mut reader = BufReader::new(tcp);
+    let mut served = 0;
+    for _ in 0..10 {
+        let sent = writer.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let Some(resp) = sent.ok().and_then(|_| read_response(&mut reader)) else {
+            break;
+        };
+        assert_eq!(resp.status(), 200);
+        served += 1;
+        if resp
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        {
+            break;
+        }
+    }
+    assert_eq!(served, 3, "responses on one connection");
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "data after the last response");
+}
+
+/// Without a cap override, one keep-alive connection serves many requests.
+#[test]
+fn keepalive_connection_is_reused() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let tcp = connect(edge.http);
+    let mut writer = tcp.try_clone().expect("clone");
+    let mut reader = BufReader::new(tcp);
+    for i in 0..20 {
+        writer
+            .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("write");
+        let resp = read_response(&mut reader).unwrap_or_else(|| panic!("closed after {i}"));
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+/// An HTTP/1.0 request without `Connection: keep-alive` is answered, then the connection closes.
+#[test]
+fn http10_connection_closes_after_response() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let mut tcp = connect(edge.http);
+    tcp.write_all(b"GET /api/x HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    let mut reader = BufReader::new(tcp);
+    let resp = read_response(&mut reader).expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_ne!(resp.header("connection"), Some("keep-alive"));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "still open after {:?}",
+        started.elapsed()
+    );
+}
+
+/// An HTTP/1.0 client that asks for keep-alive gets it.
+#[test]
+fn http10_keepalive_is_honoured_when_asked() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let tcp = connect(edge.http);
+    let mut writer = tcp.try_clone().expect("clone");
+    let mut reader = BufReader::new(tcp);
+    for _ in 0..3 {
+        writer
+            .write_all(b"GET /api/x HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+            .expect("write");
+        assert_eq!(read_response(&mut reader).expect("response").status(), 200);
+    }
+}
+
+/// An idle keep-alive connection is closed once `keepalive_timeout` passes.
+#[test]
+fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
+    let b = Backend::start("b1");
+    let edge = start_with_server("keepalive_timeout: 1s", &api(&b, ""));
+    let tcp = connect(edge.http);
+    let mut writer = tcp.try_clone().expect("clone");
+    let mut reader = BufReader::new(tcp);
+    writer
+        .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    let resp = read_response(&mut reader).expect("response");
+    assert_eq!(resp.status(), 200);
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    let waited = idle.elapsed();
+    assert!(rest.is_empty());
+    assert!(
+        waited >= Duration::from_millis(500),
+        "closed after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(6),
+        "still open after {waited:?}"
+    );
+}
+
+/// A request with both Content-Length and Transfer-Encoding is served, but its connection is
+/// not reused (the framing was ambiguous, so nothing after it can be trusted).
+#[test]
+fn content_length_with_chunked_closes_connection() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let mut tcp = connect(edge.http);
+    tcp.write_all(
+        b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
+          Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .expect("write");
+    let mut reader = BufReader::new(tcp);
+    let resp = read_response(&mut reader).expect("response");
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value = serde_json::from_slice(&resp.body).expect("echo");
+    assert_eq!(echo["body_bytes"], 3, "the chunked framing wins");
+    assert!(echo["headers"].get("content-length").is_none(), "{echo}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "still open after {:?}",
+        started.elapsed()
+    );
+}

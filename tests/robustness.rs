@@ -1,0 +1,269 @@
+//! Upstream failures and malformed input: the edge answers with a clean error or hangs up,
+//! never stalls or falls over, and keeps serving everyone else.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn api(b: &Backend, group_extra: &str) -> String {
+    format!(
+        "upstreams:\n  api:\n    backends: {}\n{group_extra}\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n",
+        backend_list(&[b])
+    )
+}
+
+/// One response read off a keep-alive connection: status line + headers, and the body.
+struct Response {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn status(&self) -> u16 {
+        self.head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response (Content-Length or chunked body); `None` if the server closed first.
+fn read_response(r: &mut BufReader<TcpStream>) -> Option<Response> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => head.push_str(&line),
+        }
+    }
+    let mut resp = Response {
+        head,
+        body: Vec::new(),
+    };
+    if let Some(len) = resp.header("content-length") {
+        let mut body = vec![0; len.parse().ok()?];
+        r.read_exact(&mut body).ok()?;
+        resp.body = body;
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            resp.body.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Some(resp)
+}
+
+/// Opens a connection with generous read timeouts.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp
+}
+
+/// A plain GET on a fresh connection; returns the status.
+fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    let mut tcp = connect(addr);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).expect("write");
+    read_response(&mut BufReader::new(tcp)).map_or(0, |r| r.status())
+}
+
+/// A POST whose backend never answers gets a 504 JSON error within the read timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn post_to_hung_backend_times_out_with_504() {
+    let b = Backend::start("slow");
+    b.set_mode(Mode::Hang);
+    let edge = Edge::start(&api(&b, "    timeouts: { read: 300ms }"));
+    let started = Instant::now();
+    let resp = edge
+        .client()
+        .post(edge.url("/api/x"))
+        .body("payload")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], 504);
+    // A POST is not retried after it was sent.
+    assert_eq!(b.requests(), 1);
+}
+
+/// A backend that resets the connection after reading a POST gets the client a 502 JSON error.
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_reset_gives_502_json() {
+    let b = Backend::start("rst");
+    b.set_mode(Mode::ResetAfterBody);
+    let edge = Edge::start(&api(&b, ""));
+    let resp = edge
+        .client()
+        .post(edge.url("/api/x"))
+        .body("payload")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], 502);
+}
+
+/// Sends `bytes` on a fresh connection; returns the response, or `None` for a close.
+fn probe(addr: SocketAddr, bytes: &[u8]) -> Option<Response> {
+    let tcp = connect(addr);
+    let mut writer = tcp.try_clone().expect("clone");
+    // The server may hang up mid-write on a large request: that is an answer too.
+    let _ = writer.write_all(bytes);
+    let mut reader = BufReader::new(tcp);
+    let started = Instant::now();
+    let resp = read_response(&mut reader);
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "no answer and no close: the connection hung"
+    );
+    resp
+}
+
+/// Malformed requests get a 4xx or a closed connection, never reach the backend, and the edge
+/// keeps serving normal requests after each.
+#[test]
+fn malformed_requests_are_refused_without_harm() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let huge = "a".repeat(2 * 1024 * 1024);
+    let many: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\x00\x01\x02garbage\xff\xfe\r\n\r\n".to_vec()),
+        (
+            "tls to plaintext",
+            b"\x16\x03\x01\x00\x05hello\r\n\r\n".to_vec(),
+        ),
+        (
+            "bad method",
+            b"G(E)T /api/x HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("no version", b"GET /api/x\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "bad version",
+            b"GET /api/x HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "nul in path",
+            b"GET /api/\x00x HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "space in header name",
+            b"GET /api/x HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n".to_vec(),
+        ),
+        (
+            "bad content-length",
+            b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+        ),
+        (
+            "negative content-length",
+            b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        ),
+        (
+            "conflicting content-lengths",
+            b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"
+                .to_vec(),
+        ),
+        (
+            "header over 1MiB",
+            format!("GET /api/x HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n").into_bytes(),
+        ),
+        (
+            "500 headers",
+            format!("GET /api/x HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes(),
+        ),
+    ];
+    let mut report = Vec::new();
+    for (name, bytes) in &cases {
+        let before = b.requests();
+        let resp = probe(edge.http, bytes);
+        let answer = resp.as_ref().map(Response::status);
+        let refused = answer.is_none_or(|s| (400..500).contains(&s));
+        // The demo backend's own 4xx (e.g. 431) carries X-Backend.
+        let from_backend = resp.is_some_and(|r| r.header("x-backend").is_some());
+        let reached = b.requests() != before || from_backend;
+        if !refused || reached {
+            report.push(format!(
+                "{name}: answer {answer:?}, reached backend: {reached}"
+            ));
+        }
+        assert_eq!(
+            get_status(edge.http, "/api/x"),
+            200,
+            "edge unwell after {name}"
+        );
+    }
+    assert!(report.is_empty(), "{report:#?}");
+}
+
+/// A 70 KiB header gets a 4xx and the edge keeps serving. The edge itself allows headers up to
+/// Pingora's 1 MiB, so this one is passed on and refused by the backend (431).
+#[test]
+fn header_over_64kib_gets_4xx() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let big = "a".repeat(70 * 1024);
+    let req =
+        format!("GET /api/x HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let status = probe(edge.http, req.as_bytes()).map(|r| r.status());
+    assert!(status.is_none_or(|s| (400..500).contains(&s)), "{status:?}");
+    assert_eq!(get_status(edge.http, "/api/x"), 200);
+}
+
+/// A repeated Content-Length (`3, 3`) is either refused or forwarded as one value, never passed
+/// on verbatim (RFC 9110 section 8.6 forbids forwarding it).
+#[test]
+fn repeated_content_length_is_not_forwarded_verbatim() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let mut tcp = connect(edge.http);
+    tcp.write_all(
+        b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .expect("write");
+    let resp = read_response(&mut BufReader::new(tcp)).expect("response");
+    match resp.status() {
+        400 => {
+            // The demo backend's own 400 would carry X-Backend; the edge must refuse it itself.
+            assert_eq!(
+                resp.header("x-backend"),
+                None,
+                "the backend saw it: {}",
+                resp.head
+            );
+            assert_eq!(b.connections(), 0, "the backend saw it");
+        }
+        200 => {
+            let echo: serde_json::Value = serde_json::from_slice(&resp.body).expect("echo");
+            assert_eq!(echo["headers"]["content-length"], "3");
+        }
+        other => panic!("unexpected status {other}: {}", resp.head),
+    }
+}

@@ -1,0 +1,385 @@
+//! TLS termination end to end: protocol versions, ALPN, and certificate selection by SNI.
+
+#[allow(unused_imports)] // `Mode` is unused here
+mod common;
+use common::*;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Accepts any certificate: these tests check what is served, not whether it is trusted.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client config limited to `versions`, offering `alpn`.
+fn client_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A completed handshake with `addr` as `server_name` (an IP address sends no SNI).
+fn handshake(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> rustls::StreamOwned<ClientConnection, TcpStream> {
+    let name = ServerName::try_from(server_name.to_string()).expect("server name");
+    let conn = ClientConnection::new(config, name).expect("client connection");
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .expect("TLS handshake failed");
+    }
+    tls
+}
+
+/// Sends one HTTP/1.1 request over `tls` and returns the whole response as text.
+fn http1_get(tls: &mut rustls::StreamOwned<ClientConnection, TcpStream>, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    // The server may close without close_notify; what was read so far is the response.
+    let _ = tls.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// DNS names in the subjectAltName of the certificate the server presented.
+fn served_names(tls: &rustls::StreamOwned<ClientConnection, TcpStream>) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let certs = tls.conn.peer_certificates().expect("peer certificates");
+    let (_, cert) = X509Certificate::from_der(certs[0].as_ref()).expect("parse certificate");
+    let san = cert
+        .subject_alternative_name()
+        .expect("san extension")
+        .expect("san present");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The protocol ALPN settles on when a client offers `offers` (handshake off the async runtime).
+async fn alpn(addr: SocketAddr, offers: &'static [&'static [u8]]) -> Option<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let tls = handshake(
+            addr,
+            client_config(rustls::ALL_VERSIONS, offers),
+            "localhost",
+        );
+        tls.conn.alpn_protocol().map(<[u8]>::to_vec)
+    })
+    .await
+    .expect("join")
+}
+
+fn api_edge(backend: &Backend) -> Edge {
+    Edge::start(&format!(
+        r#"
+upstreams:
+  api: {{ backends: {list} }}
+routes:
+  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}
+"#,
+        list = backend_list(&[backend])
+    ))
+}
+
+/// A TLS 1.3-only client completes the handshake and gets a proxied response.
+#[test]
+fn tls13_handshake_succeeds() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    let config = client_config(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let mut tls = handshake(edge.https, config, "localhost");
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let resp = http1_get(&mut tls, "/api/x");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.requests(), 1);
+}
+
+/// A TLS 1.2-only client completes the handshake and gets a proxied response.
+#[test]
+fn tls12_handshake_succeeds() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    let config = client_config(&[&rustls::version::TLS12], &[b"http/1.1"]);
+    let mut tls = handshake(edge.https, config, "localhost");
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let resp = http1_get(&mut tls, "/api/x");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+/// A client offering both versions gets TLS 1.3, the best the server supports.
+#[test]
+fn tls13_is_preferred_when_both_are_offered() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    let config = client_config(
+        &[&rustls::version::TLS12, &rustls::version::TLS13],
+        &[b"http/1.1"],
+    );
+    let tls = handshake(edge.https, config, "localhost");
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
+/// A hand-written TLS 1.1 ClientHello gets an alert or a close, never a ServerHello.
+#[test]
+fn tls11_client_hello_is_refused() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    // A ClientHello a TLS 1.1 client would send: legacy_version 3.2, no supported_versions
+    // extension, but otherwise acceptable (suites, groups and signature schemes rustls has).
+    let suites: &[u8] = &[0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x09, 0xc0, 0x13];
+    let mut exts = Vec::new();
+    for (kind, data) in [
+        (0x000a_u16, &[0, 4, 0x00, 0x1d, 0x00, 0x17][..]), // groups: x25519, secp256r1
+        (0x000b, &[1, 0][..]),                             // point formats: uncompressed
+        (0x000d, &[0, 6, 4, 3, 8, 4, 4, 1][..]),           // signature algorithms
+    ] {
+        exts.extend_from_slice(&kind.to_be_bytes());
+        exts.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        exts.extend_from_slice(data);
+    }
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&(suites.len() as u16).to_be_bytes());
+    body.extend_from_slice(suites);
+    body.extend_from_slice(&[1, 0]); // compression: null
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut handshake = vec![1, 0, 0, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+
+    let mut tcp = TcpStream::connect(edge.https).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp.write_all(&record).expect("write hello");
+    let mut reply = [0u8; 7];
+    let n = tcp.read(&mut reply).unwrap_or(0);
+    if n > 0 {
+        assert_eq!(
+            reply[0],
+            0x15,
+            "expected an alert record, got {:?}",
+            &reply[..n]
+        );
+        if n == 7 {
+            // level fatal, description protocol_version (70)
+            assert_eq!(&reply[5..7], &[2, 70], "{:?}", &reply[..n]);
+        }
+    }
+    assert_eq!(b.requests(), 0);
+}
+
+/// With h2 and http/1.1 offered, the listener picks h2; reqwest's default client speaks HTTP/2.
+#[tokio::test(flavor = "multi_thread")]
+async fn alpn_negotiates_h2_when_offered() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    assert_eq!(
+        alpn(edge.https, &[b"h2", b"http/1.1"]).await.as_deref(),
+        Some(&b"h2"[..])
+    );
+    let resp = edge
+        .client()
+        .get(edge.url("/api/x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+}
+
+/// With only http/1.1 offered, the listener agrees to http/1.1; an http1-only client gets HTTP/1.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn alpn_falls_back_to_http11() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    assert_eq!(
+        alpn(edge.https, &[b"http/1.1"]).await.as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    let client = client_builder(edge.https)
+        .http1_only()
+        .build()
+        .expect("client");
+    let resp = client.get(edge.url("/api/x")).send().await.expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+}
+
+/// A full config with one https listener holding `certs` (YAML list items) and a plaintext one;
+/// the server section mirrors `base_config` (work-stealing: see the note on `ONE_EDGE`).
+fn sni_config(p: &Placeholders, certs: &str, http2: bool, backend: &Backend) -> String {
+    format!(
+        r#"
+server:
+  threads: 1
+  work_stealing: true
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  pid_file: {dir}/tollgate.pid
+  upgrade_sock: {dir}/upgrade.sock
+listeners:
+  - name: https
+    address: "{https}"
+    tls:
+      http2: {http2}
+      certificates:
+{certs}
+  - name: http
+    address: "{http}"
+logging: {{ level: warn, access_log: false }}
+upstreams:
+  api: {{ backends: {list} }}
+routes:
+  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}
+"#,
+        dir = p.dir.display(),
+        https = p.https,
+        http = p.http,
+        list = backend_list(&[backend]),
+    )
+}
+
+/// Writes a certificate for `names` into the edge's directory; returns its YAML list item.
+fn cert_item(p: &Placeholders, file: &str, names: &[&str], default: bool) -> String {
+    let cert = p.dir.join(format!("{file}.crt"));
+    let key = p.dir.join(format!("{file}.key"));
+    tollgate::tls::write_self_signed(&cert, &key, names).expect("write certificate");
+    format!(
+        "        - {{ cert: {}, key: {}, default: {default} }}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Each SNI name gets its own certificate; unknown names and no SNI get the `default: true` one.
+#[test]
+fn sni_selects_certificate_and_default() {
+    let b = Backend::start("b1");
+    let edge = Edge::start_with(|p| {
+        let certs = cert_item(p, "a", &["a.test"], false)
+            + &cert_item(p, "b", &["b.test"], true)
+            + &cert_item(p, "w", &["*.wild.test"], false);
+        sni_config(p, &certs, true, &b)
+    });
+    let config = client_config(rustls::ALL_VERSIONS, &[b"http/1.1"]);
+    let names = |sni: &str| served_names(&handshake(edge.https, config.clone(), sni));
+    assert_eq!(names("a.test"), ["a.test"]);
+    assert_eq!(names("A.TEST"), ["a.test"]);
+    assert_eq!(names("b.test"), ["b.test"]);
+    assert_eq!(names("x.wild.test"), ["*.wild.test"]);
+    assert_eq!(names("unknown.test"), ["b.test"]);
+    // An IP address as server name sends no SNI at all.
+    assert_eq!(names("127.0.0.1"), ["b.test"]);
+    // The certificate chosen by SNI still serves requests.
+    let mut tls = handshake(edge.https, config, "a.test");
+    assert!(http1_get(&mut tls, "/api/x").starts_with("HTTP/1.1 200"));
+}
+
+/// Without a `default: true` certificate, the first one listed is served to unknown names.
+#[test]
+fn first_certificate_is_default_without_flag() {
+    let b = Backend::start("b1");
+    let edge = Edge::start_with(|p| {
+        let certs = cert_item(p, "a", &["a.test"], false) + &cert_item(p, "b", &["b.test"], false);
+        sni_config(p, &certs, true, &b)
+    });
+    let config = client_config(rustls::ALL_VERSIONS, &[b"http/1.1"]);
+    let names = |sni: &str| served_names(&handshake(edge.https, config.clone(), sni));
+    assert_eq!(names("unknown.test"), ["a.test"]);
+    assert_eq!(names("127.0.0.1"), ["a.test"]);
+    assert_eq!(names("b.test"), ["b.test"]);
+}
+
+/// A listener with `http2: false` negotiates http/1.1 even when the client prefers h2.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_disabled_listener_speaks_http11() {
+    let b = Backend::start("b1");
+    let edge = Edge::start_with(|p| {
+        let certs = cert_item(p, "localhost", &["localhost"], false);
+        sni_config(p, &certs, false, &b)
+    });
+    assert_eq!(
+        alpn(edge.https, &[b"h2", b"http/1.1"]).await.as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    let resp = edge
+        .client()
+        .get(edge.url("/api/x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+}
