@@ -1,5 +1,6 @@
 //! Backend selection end to end: weighted, random, least connections and consistent hashing.
 
+#[allow(unused_imports)] // the harness re-exports more than each file uses
 mod common;
 use common::*;
 use std::collections::{HashMap, HashSet};

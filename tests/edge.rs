@@ -1,5 +1,6 @@
 //! The HTTPS edge end to end: TLS, routing, balancing, health, timeouts.
 
+#[allow(unused_imports)] // the harness re-exports more than each file uses
 mod common;
 use common::*;
 use std::collections::HashMap;

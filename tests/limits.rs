@@ -1,5 +1,6 @@
 //! Rate limits end to end: token bucket bounds, 429 headers, dry run, trusted proxies.
 
+#[allow(unused_imports)] // the harness re-exports more than each file uses
 mod common;
 use common::*;
 use std::time::Instant;

@@ -1,5 +1,6 @@
 //! Circuit breakers and retries end to end, with demo backends told to misbehave.
 
+#[allow(unused_imports)] // the harness re-exports more than each file uses
 mod common;
 use common::*;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Upstream failures and malformed input: the edge answers with a clean error or hangs up,
 //! never stalls or falls over, and keeps serving everyone else.
 
+#[allow(unused_imports)] // the harness re-exports more than each file uses
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,5 +1,5 @@
 //! Test harness: a real Tollgate server on loopback, real demo backends, real HTTPS clients.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 use pingora::server::ShutdownSignal;
 use std::net::{SocketAddr, TcpListener, TcpStream};
