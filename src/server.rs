@@ -71,6 +71,8 @@ pub struct Built {
     pub runtime: SharedRuntime,
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
+    /// The API client registry, when configured.
+    pub clients: Option<Arc<Clients>>,
 }
 
 /// Builds the server and all its services; nothing listens until it runs.
@@ -234,6 +236,7 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         runtime,
         reloader,
         metrics,
+        clients,
     })
 }
 
@@ -243,13 +246,44 @@ fn open_clients(c: &ClientsConfig) -> Result<Clients, StartError> {
         rate_per_sec: c.default_rate_per_sec,
         capacity: c.default_capacity,
     };
-    // Pingora's runtimes do not exist yet; a short-lived one does the first load.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError::Clients(e.to_string()))?;
-    rt.block_on(Clients::open(&c.store, defaults))
-        .map_err(|e| StartError::Clients(e.to_string()))
+    let store = c.store.clone();
+    // Pingora's runtimes do not exist yet; a short-lived one on its own thread does the first
+    // load (its own thread, so building a server from inside an async context works too).
+    on_own_runtime(move || async move { Clients::open(&store, defaults).await })
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(StartError::Clients)
+}
+
+/// Runs a future to completion on a fresh current-thread runtime in a new thread.
+fn on_own_runtime<F, Fut, T>(make: F) -> Result<T, String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(make()))
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "client store loader panicked".to_string())?
+}
+
+/// Saves client bucket levels once more after the server stopped. A graceful stop already
+/// did (the clients service saves on shutdown); a fast one (SIGINT) never tells background
+/// services, so this is what keeps a restart from refilling every bucket.
+fn save_after_stop(clients: Option<Arc<Clients>>) {
+    let Some(registry) = clients else {
+        return;
+    };
+    match on_own_runtime(move || async move { registry.save_states().await }) {
+        Ok(Ok(n)) => log::info!("clients: saved {n} bucket levels at exit"),
+        Ok(Err(e)) => log::warn!("clients: cannot save bucket levels at exit: {e}"),
+        Err(e) => log::warn!("clients: cannot save bucket levels at exit: {e}"),
+    }
 }
 
 fn server_conf(config: &Config) -> ServerConf {
@@ -269,6 +303,7 @@ fn server_conf(config: &Config) -> ServerConf {
 /// Runs with Pingora's Unix signal handling until the process is told to stop.
 pub fn run(built: Built) {
     built.server.run(RunArgs::default());
+    save_after_stop(built.clients);
 }
 
 /// Runs until `stop` fires (or its sender is dropped); for embedding and tests.
@@ -276,6 +311,7 @@ pub fn run_until(built: Built, stop: tokio::sync::oneshot::Receiver<ShutdownSign
     built.server.run(RunArgs {
         shutdown_signal: Box::new(OneShotSignal(tokio::sync::Mutex::new(Some(stop)))),
     });
+    save_after_stop(built.clients);
 }
 
 struct OneShotSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
