@@ -166,14 +166,36 @@ fn listener_changes(old: &Config, new: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
-    if old.server != new.server || old.logging != new.logging {
-        warnings.push(
-            "server and logging settings are not applied by a reload; use the --upgrade + \
-             SIGQUIT hand-off"
-                .to_string(),
-        );
+    let restart_only = [
+        ("server", old.server != new.server),
+        ("logging", old.logging != new.logging),
+        ("admin", old.admin != new.admin),
+        ("metrics", old.metrics != new.metrics),
+        // Key sources are per request and do apply; the store and its timers do not.
+        ("clients", client_store(old) != client_store(new)),
+    ];
+    for (section, changed) in restart_only {
+        if changed {
+            warnings.push(format!(
+                "{section} settings are not applied by a reload; use the --upgrade + SIGQUIT \
+                 hand-off"
+            ));
+        }
     }
     warnings
+}
+
+/// The parts of the clients section bound at start.
+fn client_store(c: &Config) -> Option<(&str, f64, u32, std::time::Duration, std::time::Duration)> {
+    c.clients.as_ref().map(|c| {
+        (
+            c.store.as_str(),
+            c.default_rate_per_sec,
+            c.default_capacity,
+            c.save_state_interval,
+            c.sync_interval,
+        )
+    })
 }
 
 /// Reloads on every `SIGHUP`.
