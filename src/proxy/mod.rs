@@ -115,16 +115,10 @@ impl ProxyHttp for Tollgate {
                 return reply(session, ctx, 400, "bad request path").await;
             }
         };
-        let host = request_host(req);
-        let Some(found) = ctx.runtime.router.lookup(host.as_deref(), &path) else {
+        let Some(found) = ctx.runtime.router.lookup(request_host(req), &path) else {
             return reply(session, ctx, 404, "no route").await;
         };
         let route = found.value.clone();
-        let upstream_path = if route.strip_prefix {
-            strip_prefix(&path, found.prefix)
-        } else {
-            path
-        };
         if route.auth == Auth::ApiKey {
             match gate::authenticate(self.clients.as_deref(), req, &ctx.runtime.key_sources) {
                 Ok(caller) => ctx.caller = Some(caller),
@@ -141,18 +135,11 @@ impl ProxyHttp for Tollgate {
         ) {
             return self.refuse(session, ctx, &route, refusal).await;
         }
-        let query_key = match ctx.caller.as_ref().map(|c| &c.source) {
+        let key_param = match ctx.caller.as_ref().map(|c| &c.source) {
             Some(KeySource::Query(param)) => Some(param.as_str()),
             _ => None,
         };
-        let query = match (req.uri.query(), query_key) {
-            (Some(q), Some(param)) => Some(Cow::Owned(gate::query_without(q, param))),
-            (q, _) => q.map(Cow::Borrowed),
-        };
-        if upstream_path != req.uri.path() || query_key.is_some() {
-            let query = query.as_deref().filter(|q| !q.is_empty());
-            ctx.request.upstream_path = Some(with_query(&upstream_path, query));
-        }
+        ctx.request.upstream_path = upstream_target(req, &path, &route, found.prefix, key_param);
         if route.retries.attempts > 0 && req.method.is_idempotent() {
             // Keep the start of the body so an idempotent request can be sent again.
             session.as_mut().enable_retry_buffering();
@@ -293,9 +280,9 @@ impl ProxyHttp for Tollgate {
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         if let Some(host) = request_host(session.req_header()) {
             if upstream.headers.get(http::header::HOST).is_none() {
-                upstream.insert_header(http::header::HOST, host.as_ref())?;
+                upstream.insert_header(http::header::HOST, host)?;
             }
-            upstream.insert_header("x-forwarded-host", host.as_ref())?;
+            upstream.insert_header("x-forwarded-host", host)?;
         }
         upstream.insert_header("x-request-id", ctx.request.id.as_str())?;
         // Only Tollgate says who the client is; the key itself never reaches the backend.
@@ -546,14 +533,39 @@ fn status_for(e: &Error) -> u16 {
     }
 }
 
-/// The request's host without port: the Host header, or the h2 `:authority`.
-fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
-    let raw = req
-        .headers
+/// The request's host (with any port): the Host header, or the h2 `:authority`.
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
-    Some(Cow::Borrowed(raw))
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The path and query to send upstream, when they differ from what the client sent: the
+/// normalized path, without the route prefix if it strips it, without a query-string API key.
+fn upstream_target(
+    req: &RequestHeader,
+    normalized: &str,
+    route: &Route,
+    prefix: &str,
+    key_param: Option<&str>,
+) -> Option<String> {
+    let path = if route.strip_prefix {
+        strip_prefix(normalized, prefix)
+    } else {
+        Cow::Borrowed(normalized)
+    };
+    if path == req.uri.path() && key_param.is_none() {
+        return None;
+    }
+    let query = match (req.uri.query(), key_param) {
+        (Some(q), Some(param)) => Some(Cow::Owned(gate::query_without(q, param))),
+        (q, _) => q.map(Cow::Borrowed),
+    };
+    Some(with_query(
+        &path,
+        query.as_deref().filter(|q| !q.is_empty()),
+    ))
 }
 
 /// The bytes consistent hashing keys on; the client ip when the header or cookie is absent.
