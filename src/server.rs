@@ -11,6 +11,7 @@ use crate::config::{ClientsConfig, Config, ListenerKind};
 use crate::metrics::Metrics;
 use crate::proxy::connections::CountConnections;
 use crate::proxy::deadline::HeaderDeadline;
+use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::gate::LimitSweeper;
 use crate::proxy::Tollgate;
 use crate::redirect::Redirect;
@@ -117,9 +118,14 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         config, None, &metrics,
     )?));
 
+    let draining = Draining::default();
+    server.add_service(background_service(
+        "drain on upgrade or stop",
+        DrainWatch::new(server.watch_execution_phase(), draining.clone()),
+    ));
     let mut proxy = pingora::proxy::http_proxy(
         &conf,
-        Tollgate::new(runtime.clone(), metrics.clone(), clients.clone()),
+        Tollgate::new(runtime.clone(), metrics.clone(), clients.clone(), draining),
     );
     let mut options = HttpServerOptions::default();
     // Pingora counts reuses after the first request.
@@ -132,6 +138,9 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
             settings.keepalive_timeout,
         ),
         metrics.clone(),
+        // Long enough for a request already on its way, leaving half the grace period for
+        // HTTP/2 clients to move after their GOAWAY.
+        settings.header_read_timeout.min(settings.grace_period / 2),
     );
     let mut proxy_service = Service::new("tollgate proxy".to_string(), app);
     let mut redirect_service = None;

@@ -58,7 +58,12 @@ impl AdminApp {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
+            })
             .unwrap_or("");
         constant_time_eq(presented.as_bytes(), token.as_bytes())
     }
@@ -70,7 +75,12 @@ impl AdminApp {
             return json(StatusCode::OK, &json!({"status": "ok"}));
         }
         if !self.authorized(session) {
-            return error(StatusCode::UNAUTHORIZED, "missing or invalid admin token");
+            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid admin token");
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            );
+            return resp;
         }
         if path == "/clients" || path.starts_with("/clients/") {
             return match &self.clients {

@@ -17,6 +17,7 @@
 pub mod connections;
 pub mod ctx;
 pub mod deadline;
+pub mod drain;
 pub mod forwarding;
 pub mod gate;
 pub mod respond;
@@ -45,6 +46,7 @@ pub struct Tollgate {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
     clients: Option<Arc<Clients>>,
+    draining: drain::Draining,
     keepalive_secs: u64,
 }
 
@@ -53,6 +55,7 @@ impl Tollgate {
         runtime: SharedRuntime,
         metrics: Arc<Metrics>,
         clients: Option<Arc<Clients>>,
+        draining: drain::Draining,
     ) -> Self {
         let keepalive_secs = runtime
             .load()
@@ -65,6 +68,7 @@ impl Tollgate {
             runtime,
             metrics,
             clients,
+            draining,
             keepalive_secs,
         }
     }
@@ -331,14 +335,18 @@ impl ProxyHttp for Tollgate {
         Ok(())
     }
 
-    /// Returns the request id to the client.
+    /// Returns the request id and rate-limit headers to the client; closes the connection
+    /// after this response when the process is leaving.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request.id.as_str())?;
+        if self.draining.is_set() {
+            session.set_keepalive(None);
+        }
         if !ctx.limit_headers.is_empty() {
             resp.insert_header("ratelimit-policy", ctx.limit_headers.policy.as_str())?;
             resp.insert_header("ratelimit", ctx.limit_headers.ratelimit.as_str())?;
