@@ -49,14 +49,46 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
+    let pid_file = config.server.pid_file.clone();
     match build_server(config, &opts) {
         Ok(built) => {
+            // Pingora writes the pid file only when it daemonizes; do the same in the
+            // foreground, moving a running instance's file to `.old` as Pingora does.
+            let foreground = !cli.daemon;
+            if foreground {
+                write_pid_file(&pid_file);
+            }
             tollgate::server::run(built);
+            if foreground {
+                remove_own_pid_file(&pid_file);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("tollgate: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn write_pid_file(path: &std::path::Path) {
+    if path.exists() {
+        let old = format!("{}.old", path.display());
+        if let Err(e) = std::fs::rename(path, &old) {
+            eprintln!("tollgate: cannot move {} to {old}: {e}", path.display());
+        }
+    }
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        eprintln!("tollgate: cannot write pid file {}: {e}", path.display());
+    }
+}
+
+/// Removes the pid file if it is still ours (a newer instance may have taken it over).
+fn remove_own_pid_file(path: &std::path::Path) {
+    let ours = std::fs::read_to_string(path)
+        .map(|s| s.trim() == std::process::id().to_string())
+        .unwrap_or(false);
+    if ours {
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -8,6 +8,7 @@
 use crate::admin::{AdminApp, MetricsApp};
 use crate::clients::{ClientDefaults, Clients, ClientsService};
 use crate::config::{ClientsConfig, Config, ListenerKind};
+use crate::logging::{AccessLog, AccessLogFlusher};
 use crate::metrics::Metrics;
 use crate::proxy::connections::CountConnections;
 use crate::proxy::deadline::HeaderDeadline;
@@ -54,6 +55,8 @@ pub enum StartError {
     },
     #[error("admin.token_env: ${0} is not set, and the admin API is not on loopback")]
     AdminToken(String),
+    #[error("logging.file: {0}")]
+    AccessLog(String),
     #[error("clients.store: {0}")]
     Clients(String),
     #[error("{0}")]
@@ -74,6 +77,7 @@ pub struct Built {
     pub metrics: Arc<Metrics>,
     /// The API client registry, when configured.
     pub clients: Option<Arc<Clients>>,
+    pub access_log: Arc<AccessLog>,
 }
 
 /// Builds the server and all its services; nothing listens until it runs.
@@ -112,12 +116,19 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     };
     let clients_config = config.clients.clone();
     let admin = config.admin.clone();
+    let logging = config.logging.clone();
     let metrics_listener = config.metrics.clone();
     let metrics = Arc::new(Metrics::new());
     let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(
         config, None, &metrics,
     )?));
 
+    let access_log =
+        Arc::new(AccessLog::open(&logging).map_err(|e| StartError::AccessLog(e.to_string()))?);
+    server.add_service(background_service(
+        "access log flush",
+        AccessLogFlusher(access_log.clone()),
+    ));
     let draining = Draining::default();
     server.add_service(background_service(
         "drain on upgrade or stop",
@@ -125,7 +136,13 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     ));
     let mut proxy = pingora::proxy::http_proxy(
         &conf,
-        Tollgate::new(runtime.clone(), metrics.clone(), clients.clone(), draining),
+        Tollgate::new(
+            runtime.clone(),
+            metrics.clone(),
+            clients.clone(),
+            draining,
+            access_log.clone(),
+        ),
     );
     let mut options = HttpServerOptions::default();
     // Pingora counts reuses after the first request.
@@ -246,6 +263,7 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
         reloader,
         metrics,
         clients,
+        access_log,
     })
 }
 
@@ -312,6 +330,7 @@ fn server_conf(config: &Config) -> ServerConf {
 /// Runs with Pingora's Unix signal handling until the process is told to stop.
 pub fn run(built: Built) {
     built.server.run(RunArgs::default());
+    built.access_log.flush();
     save_after_stop(built.clients);
 }
 
@@ -320,6 +339,7 @@ pub fn run_until(built: Built, stop: tokio::sync::oneshot::Receiver<ShutdownSign
     built.server.run(RunArgs {
         shutdown_signal: Box::new(OneShotSignal(tokio::sync::Mutex::new(Some(stop)))),
     });
+    built.access_log.flush();
     save_after_stop(built.clients);
 }
 

@@ -84,9 +84,16 @@ pub fn acceptable_request_id(value: &[u8]) -> bool {
     !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// A new random request id (128 bits, hex).
+/// A new random request id (128 bits, hex), formatted without `fmt` machinery.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rand::random::<u128>();
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    out.iter().map(|&b| b as char).collect()
 }
 
 #[cfg(test)]

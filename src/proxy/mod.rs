@@ -25,7 +25,7 @@ pub mod retry;
 
 use crate::clients::Clients;
 use crate::config::{Auth, HashKey, KeySource};
-use crate::logging::AccessLine;
+use crate::logging::{AccessLine, AccessLog};
 use crate::metrics::Metrics;
 use crate::routing::{normalize_path, strip_prefix};
 use crate::runtime::{Route, SharedRuntime};
@@ -47,6 +47,7 @@ pub struct Tollgate {
     metrics: Arc<Metrics>,
     clients: Option<Arc<Clients>>,
     draining: drain::Draining,
+    access_log: Arc<AccessLog>,
     keepalive_secs: u64,
 }
 
@@ -56,6 +57,7 @@ impl Tollgate {
         metrics: Arc<Metrics>,
         clients: Option<Arc<Clients>>,
         draining: drain::Draining,
+        access_log: Arc<AccessLog>,
     ) -> Self {
         let keepalive_secs = runtime
             .load()
@@ -69,6 +71,7 @@ impl Tollgate {
             metrics,
             clients,
             draining,
+            access_log,
             keepalive_secs,
         }
     }
@@ -409,9 +412,9 @@ impl ProxyHttp for Tollgate {
             .request_duration
             .with_label_values(&[route])
             .observe(ctx.request.started.elapsed().as_secs_f64());
-        if ctx.runtime.config.logging.access_log {
+        if self.access_log.enabled() {
             let req = session.req_header();
-            AccessLine {
+            let line = AccessLine {
                 request_id: &ctx.request.id,
                 client_ip: ctx.request.client_ip,
                 method: req.method.as_str(),
@@ -425,8 +428,8 @@ impl ProxyHttp for Tollgate {
                 upstream_latency_ms: ctx.upstream.latency().map(ms),
                 attempts: ctx.upstream.tried.len(),
                 tried: &ctx.upstream.tried,
-            }
-            .write();
+            };
+            self.access_log.write(&line);
         }
     }
 }
