@@ -13,11 +13,9 @@
 //!   X-Forwarded-For, header insertion, metrics, access-log line, backend selection), each
 //!   next to a cheaper variant where one exists, so the saving of a change is measured.
 //!
-//! TODO(rate limiting): `ratelimit/check` (`tollgate::ratelimit::Limiter::check` per
-//! algorithm, existing and new key) and `ratelimit/token_bucket` (`TokenBucket::try_acquire`)
-//! are to be added here by the rate-limit author.
-//! TODO(clients): `clients/key_lookup` (API-key hash + registry lookup per request,
-//! `tollgate::clients`) is to be added here by the client-registry author.
+//! - `ratelimit/*`: one limiter decision per algorithm, for one key and among 100k keys, and a
+//!   client's own token bucket.
+//! - `clients/*`: authenticating an API key (SHA-256 + in-memory index) among 10k clients.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -481,12 +479,132 @@ fn bench_request_path(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_ratelimit(c: &mut Criterion) {
+    use tollgate::ratelimit::{Algorithm, Key, Limiter, Policy, TokenBucket};
+    let mut g = c.benchmark_group("ratelimit");
+    let now = std::time::Instant::now();
+    let limiter = |algorithm| match Limiter::try_new(Policy {
+        name: "bench".into(),
+        algorithm,
+        max_keys: 200_000,
+        dry_run: false,
+    }) {
+        Ok(l) => l,
+        Err(e) => panic!("policy: {e}"),
+    };
+    let window = Duration::from_secs(3600);
+    let algorithms = [
+        (
+            "token_bucket",
+            Algorithm::TokenBucket {
+                rate_per_sec: 1e9,
+                burst: u32::MAX,
+            },
+        ),
+        (
+            "fixed_window",
+            Algorithm::FixedWindow {
+                limit: u64::from(u32::MAX),
+                window,
+            },
+        ),
+        (
+            "sliding_window",
+            Algorithm::SlidingWindow {
+                limit: 1 << 52,
+                window,
+            },
+        ),
+    ];
+    let keys: Vec<IpAddr> = (0..100_000u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(i.wrapping_mul(2_654_435_761))))
+        .collect();
+    for (name, algorithm) in algorithms {
+        let l = limiter(algorithm);
+        let one = Key::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let _ = l.check(one, now);
+        g.bench_function(format!("{name}/1_key"), |b| {
+            b.iter(|| black_box(l.check(black_box(one), now)))
+        });
+        for k in &keys {
+            let _ = l.check(Key::Ip(*k), now);
+        }
+        let mut i = 0;
+        g.bench_function(format!("{name}/100k_keys"), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                black_box(l.check(Key::Ip(keys[i]), now))
+            })
+        });
+    }
+    let bucket = match TokenBucket::new(1e9, u32::MAX, now) {
+        Ok(b) => b,
+        Err(e) => panic!("bucket: {e}"),
+    };
+    g.bench_function("client_bucket", |b| {
+        b.iter(|| black_box(bucket.try_acquire(now)))
+    });
+    g.finish();
+}
+
+fn bench_clients(c: &mut Criterion) {
+    use tollgate::clients::{ClientDefaults, Clients, NewClient};
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let defaults = ClientDefaults {
+        rate_per_sec: 5.0,
+        capacity: 20,
+    };
+    let (registry, key) = rt.block_on(async {
+        let registry = match Clients::open(&url, defaults).await {
+            Ok(r) => r,
+            Err(e) => panic!("registry: {e}"),
+        };
+        let mut last = String::new();
+        for i in 0..10_000 {
+            match registry.create(NewClient::new(format!("client-{i}"))).await {
+                Ok((_, key)) => last = key,
+                Err(e) => panic!("create: {e}"),
+            }
+        }
+        (registry, last)
+    });
+    let mut g = c.benchmark_group("clients");
+    let now = std::time::SystemTime::now();
+    g.bench_function("authenticate/10k_clients", |b| {
+        b.iter(|| black_box(registry.authenticate(black_box(&key), now).is_ok()))
+    });
+    g.bench_function("authenticate/unknown_key", |b| {
+        b.iter(|| {
+            black_box(
+                registry
+                    .authenticate(
+                        black_box("tg_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+                        now,
+                    )
+                    .is_ok(),
+            )
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = bench_routing, bench_breaker, bench_request_path
+    targets = bench_routing, bench_breaker, bench_request_path, bench_ratelimit, bench_clients
 }
 criterion_main!(benches);
