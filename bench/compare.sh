@@ -156,12 +156,14 @@ fi
 
 # --- processes -----------------------------------------------------------------------------
 STARTED=()
+SLEEPER=""
 cleanup() {
   local p
+  [ -z "$SLEEPER" ] || kill "$SLEEPER" 2>/dev/null || true
   for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   sleep 1
   for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in "${STARTED[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -237,7 +239,7 @@ if [ "$SERVE" = 1 ]; then
   done > "$WORK/serving"
   cat "$WORK/serving"
   log "serving until interrupted (ports also in $WORK/serving)"
-  while true; do sleep 3600 & wait $! || true; done
+  while true; do sleep 3600 & SLEEPER=$!; wait "$SLEEPER" || true; done
 fi
 
 # Processes whose CPU and memory count: all of nginx's (master + worker), HAProxy's one,

@@ -45,9 +45,9 @@ OUT=$BENCH/results/profile.md
 RAW=$BENCH/results/raw/profile-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RAW"
 
-load() { # seconds
+load() { # seconds name -> $W
   taskset -c 0 wrk -t1 -c50 -d"$1"s --latency "$URL" > "$RAW/wrk-$2.txt" 2>&1 &
-  echo $!
+  W=$!
 }
 ticks() { sed 's/^.*) //' "/proc/$PID/stat" | awk '{print $12 + $13}'; }
 
@@ -55,14 +55,14 @@ echo "profiling pid $PID ($BIN) under wrk $URL" >&2
 taskset -c 0 wrk -t1 -c50 -d3s "$URL" >/dev/null 2>&1   # warm-up
 
 # 1. Frame-pointer call graphs (as in the issue), used for the self-time table.
-W=$(load $((DUR + 2)) fp); sleep 1
+load $((DUR + 2)) fp; sleep 1
 c0=$(ticks)
 perf record -q -e cpu-clock -g -p "$PID" -o "$RAW/perf-fp.data" -- sleep "$DUR" 2>/dev/null
 c1=$(ticks)
 wait "$W" || true
 
 # 2. DWARF call graphs for inclusive (children) time of Tollgate's own functions.
-W=$(load 6 dwarf); sleep 1
+load 6 dwarf; sleep 1
 perf record -q -e cpu-clock -F 2000 --call-graph dwarf,16384 -p "$PID" -o "$RAW/perf-dwarf.data" -- sleep 3 2>/dev/null
 wait "$W" || true
 

@@ -59,6 +59,8 @@ def wrk_rps(path):
 
 
 def short(sym, n=110):
+    sym = re.sub(r"\s+", " ", sym).strip()
+    sym = re.sub(r"( -)+$", "", sym).strip()
     sym = re.sub(r"::h[0-9a-f]{16}$", "", sym)
     return sym if len(sym) <= n else sym[: n - 1] + "…"
 

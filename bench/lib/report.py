@@ -275,6 +275,8 @@ def write_markdown(path, meta, runs, mem, tls, summary):
     if tls:
         L.append("- TLS negotiated (openssl s_client): " + "; ".join(
             l.strip().rstrip(";") for l in tls.splitlines()))
+    for note in meta.get("notes", []):
+        L.append(f"- **Note:** {note}")
     L.append("- CPU-µs/req = utime+stime of the proxy's processes (all of nginx's, HAProxy's one, "
              "Tollgate's one with all threads) during the run / requests completed. `util` = "
              "proxy CPU / wall time (≈1.00: the proxy was the bottleneck). Errors = socket "
