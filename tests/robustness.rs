@@ -3,94 +3,11 @@
 
 #[allow(unused_imports)] // the harness re-exports more than each file uses
 mod common;
+use common::raw::*;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufReader, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-fn api(b: &Backend, group_extra: &str) -> String {
-    format!(
-        "upstreams:\n  api:\n    backends: {}\n{group_extra}\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n",
-        backend_list(&[b])
-    )
-}
-
-/// One response read off a keep-alive connection: status line + headers, and the body.
-struct Response {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn status(&self) -> u16 {
-        self.head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// Reads one response (Content-Length or chunked body); `None` if the server closed first.
-fn read_response(r: &mut BufReader<TcpStream>) -> Option<Response> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => return None,
-            Ok(_) if line == "\r\n" => break,
-            Ok(_) => head.push_str(&line),
-        }
-    }
-    let mut resp = Response {
-        head,
-        body: Vec::new(),
-    };
-    if let Some(len) = resp.header("content-length") {
-        let mut body = vec![0; len.parse().ok()?];
-        r.read_exact(&mut body).ok()?;
-        resp.body = body;
-    } else if resp
-        .header("transfer-encoding")
-        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-    {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size).ok()?;
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk).ok()?;
-            resp.body.extend_from_slice(&chunk[..n]);
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    Some(resp)
-}
-
-/// Opens a connection with generous read timeouts.
-fn connect(addr: SocketAddr) -> TcpStream {
-    let tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    tcp
-}
-
-/// A plain GET on a fresh connection; returns the status.
-fn get_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut tcp = connect(addr);
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).expect("write");
-    read_response(&mut BufReader::new(tcp)).map_or(0, |r| r.status())
-}
 
 /// A POST whose backend never answers gets a 504 JSON error within the read timeout.
 #[tokio::test(flavor = "multi_thread")]

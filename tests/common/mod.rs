@@ -13,6 +13,8 @@ use tollgate::{build_server, Config, StartOptions};
 
 pub use tollgate_demo_backend::{Backend, Mode};
 
+pub mod raw;
+
 /// A port that was free a moment ago, for Pingora (which binds by address itself).
 ///
 /// Picked at random below the kernel's ephemeral range (32768+), where port-0 binds (demo
