@@ -13,6 +13,7 @@ use tollgate::{build_server, Config, StartOptions};
 
 pub use tollgate_demo_backend::{Backend, Mode};
 
+pub mod accept_any;
 pub mod raw;
 
 /// A port that was free a moment ago, for Pingora (which binds by address itself).
