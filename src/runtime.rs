@@ -31,8 +31,6 @@ pub struct Route {
 /// Routes, groups and policies of one configuration generation.
 pub struct Runtime {
     pub config: Arc<Config>,
-    /// Where API keys are looked for (empty without a clients section).
-    pub key_sources: Vec<KeySource>,
     pub router: Router<Arc<Route>>,
     pub groups: HashMap<String, Arc<Group>>,
     pub trusted: TrustedProxies,
@@ -93,11 +91,6 @@ impl Runtime {
             .collect::<Result<Vec<_>, _>>()?;
         let router = Router::new(specs).map_err(|d| BuildError::DuplicateRoute(d.index))?;
         Ok(Runtime {
-            key_sources: config
-                .clients
-                .as_ref()
-                .map(|c| c.key_sources.clone())
-                .unwrap_or_default(),
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             config: Arc::new(config),
             router,
@@ -162,4 +155,14 @@ fn route_spec(
             limits,
         }),
     })
+}
+
+impl Runtime {
+    /// Where API keys are looked for (none without a clients section).
+    pub fn key_sources(&self) -> &[KeySource] {
+        self.config
+            .clients
+            .as_ref()
+            .map_or(&[], |c| c.key_sources.as_slice())
+    }
 }

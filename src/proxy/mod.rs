@@ -127,7 +127,7 @@ impl ProxyHttp for Tollgate {
         };
         let route = found.value.clone();
         if route.auth == Auth::ApiKey {
-            match gate::authenticate(self.clients.as_deref(), req, &ctx.runtime.key_sources) {
+            match gate::authenticate(self.clients.as_deref(), req, ctx.runtime.key_sources()) {
                 Ok(caller) => ctx.caller = Some(caller),
                 Err(refusal) => return self.refuse(session, ctx, &route, refusal).await,
             }
