@@ -18,8 +18,10 @@ pub struct Ctx {
     pub request: RequestMeta,
     pub route: Option<Arc<Route>>,
     pub upstream: Attempts,
-    /// This request's share of its route's retry budget (request and retries in flight).
-    pub budget: Vec<Active>,
+    /// Counts this request in its route's retry budget while it is in flight...
+    pub in_flight: Option<Active>,
+    /// ...and the retries it made (empty, so no allocation, for most requests).
+    pub retries: Vec<Active>,
     /// The API client, on `auth: api_key` routes.
     pub caller: Option<Caller>,
     pub limit_headers: LimitHeaders,
@@ -32,7 +34,8 @@ impl Ctx {
             request: RequestMeta::default(),
             route: None,
             upstream: Attempts::default(),
-            budget: Vec::new(),
+            in_flight: None,
+            retries: Vec::new(),
             caller: None,
             limit_headers: LimitHeaders::default(),
         }

@@ -151,7 +151,7 @@ impl ProxyHttp for Tollgate {
             // Keep the start of the body so an idempotent request can be sent again.
             session.as_mut().enable_retry_buffering();
         }
-        ctx.budget.push(route.retry_budget.request());
+        ctx.in_flight = Some(route.retry_budget.request());
         ctx.route = Some(route);
         Ok(false)
     }
@@ -497,7 +497,7 @@ impl Tollgate {
             .map_or(0, |d| d.as_secs());
         match route.retry_budget.try_retry(policy, unix) {
             Some(active) => {
-                ctx.budget.push(active);
+                ctx.retries.push(active);
                 self.metrics
                     .retries
                     .with_label_values(&[&route.name, reason.as_str()])
