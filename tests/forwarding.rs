@@ -258,7 +258,6 @@ fn redirect_edge(b: &Backend) -> Edge {
 fn redirect_listener_answers_308_to_https() {
     let b = Backend::start("b1");
     let edge = redirect_edge(&b);
-    wait_listening(edge.http);
     let resp = raw(
         edge.http,
         "GET /api/x?q=1&r=%20 HTTP/1.1\r\nHost: example.test:8080\r\nConnection: close\r\n\r\n",
@@ -282,7 +281,6 @@ fn redirect_listener_answers_308_to_https() {
 fn redirect_without_usable_host_is_400() {
     let b = Backend::start("b1");
     let edge = redirect_edge(&b);
-    wait_listening(edge.http);
     for host in ["", "Host: \r\n", "Host: evil.test/path\r\n"] {
         let resp = raw(
             edge.http,
@@ -302,7 +300,6 @@ fn redirect_without_usable_host_is_400() {
 fn redirect_closes_http10_connection() {
     let b = Backend::start("b1");
     let edge = redirect_edge(&b);
-    wait_listening(edge.http);
     let started = std::time::Instant::now();
     let resp = raw(edge.http, "GET /x HTTP/1.0\r\nHost: example.test\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 308"), "{resp}");

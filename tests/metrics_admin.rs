@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Health check fields shared by the groups below.
@@ -46,12 +45,6 @@ impl Ports {
              routes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n  \
              - {{ name: spare, match: {{ prefix: /spare }}, upstream: spare }}\n"
         )
-    }
-
-    fn wait(&self) {
-        for port in [self.admin, self.metrics] {
-            wait_listening(SocketAddr::from(([127, 0, 0, 1], port)));
-        }
     }
 }
 
@@ -110,7 +103,6 @@ async fn busy_edge() -> (Edge, Vec<Backend>, String) {
         &backend_list(&[&b[2]]),
     );
     let edge = Edge::start(&body);
-    ports.wait();
     let client = edge.client();
     for path in [
         "/api/a",
@@ -238,7 +230,6 @@ async fn backend_gauge_follows_reload_and_failure() {
     let ports = Ports::new("");
     let spare = backend_list(&[&b[3]]);
     let edge = Edge::start(&ports.config(&backend_list(&[&b[0], &b[1], &b[2]]), CHECK, &spare));
-    ports.wait();
     let healthy = |text: &str, b: &Backend| {
         let series = format!(
             r#"tollgate_backend_healthy{{backend="{}",upstream="api"}}"#,
@@ -304,7 +295,6 @@ async fn admin_api_authenticates_and_reports() {
         &backend_list(&[&b[2]]),
     );
     let edge = Edge::start(&body);
-    ports.wait();
     let t = Some(TOKEN);
 
     assert_eq!(admin(&ports, "GET", "/healthz", None).await.0, 200);

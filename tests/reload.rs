@@ -61,7 +61,6 @@ async fn reload_applies_routes_and_backends_and_refuses_broken_file() {
     let metrics = metrics_section(mport);
     let edge =
         Edge::start(&(metrics.clone() + &config(&backend_list(&[&b1]), "", &["api", "old"])));
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], mport)));
     let client = edge.client();
     assert_eq!(get(&client, &edge, "/api/x").await, (200, "b1".into()));
     assert_eq!(get(&client, &edge, "/old/x").await.0, 200);

@@ -117,6 +117,7 @@ impl Edge {
         let config_path = dir.path().join("tollgate.yaml");
         std::fs::write(&config_path, &yaml).expect("write config");
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let listening = every_address(&config);
         let opts = StartOptions {
             config_path: config_path.clone(),
             ..StartOptions::default()
@@ -126,7 +127,7 @@ impl Edge {
         let reloader = built.reloader.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || tollgate::server::run_until(built, rx));
-        wait_listening(p.https);
+        listening.into_iter().for_each(wait_listening);
         Edge {
             https: p.https,
             http: p.http,
@@ -178,6 +179,15 @@ pub fn client_builder(https: SocketAddr) -> reqwest::ClientBuilder {
         .danger_accept_invalid_certs(true)
         .resolve("localhost", https)
         .timeout(Duration::from_secs(10))
+}
+
+/// Every address the config serves on: Pingora binds its services one after another, so a
+/// test must not assume the plaintext or admin listener is up because the HTTPS one is.
+fn every_address(config: &Config) -> Vec<SocketAddr> {
+    let public = config.listeners.iter().map(|l| l.address);
+    let admin = config.admin.as_ref().map(|a| a.address);
+    let metrics = config.metrics.as_ref().map(|m| m.address);
+    public.chain(admin).chain(metrics).collect()
 }
 
 /// Blocks until something accepts TCP connections on `addr`.
