@@ -81,7 +81,6 @@ async fn refused_connection_is_retried_elsewhere() {
         assert_eq!(resp.status(), 200);
         assert_eq!(served_by(&resp), "a");
     }
-    let _ = Duration::ZERO;
 }
 
 /// A backend whose breaker opened is back in rotation once it recovers and open_for passed.
