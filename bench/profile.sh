@@ -29,6 +29,7 @@ done
 command -v perf >/dev/null || apt-get install -y -q linux-perf >/dev/null
 command -v perf >/dev/null || { echo "perf missing (apt-get install linux-perf)" >&2; exit 1; }
 
+mkdir -p "$WORK"
 rm -f "$WORK/serving"
 "$BENCH/compare.sh" "${ARGS[@]}" --targets tollgate --serve > "$WORK/profile-serve.log" 2>&1 &
 SERVE=$!

@@ -203,8 +203,9 @@ fn access_logger() -> &'static tempfile::TempDir {
 }
 
 fn bench_request_path(c: &mut Criterion) {
+    use http::HeaderValue;
     use tollgate::proxy::ctx::RequestMeta;
-    use tollgate::proxy::forwarding::{self, TrustedProxies};
+    use tollgate::proxy::forwarding::{self, RequestId, TrustedProxies};
 
     let mut g = c.benchmark_group("request_path");
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -215,20 +216,7 @@ fn bench_request_path(c: &mut Criterion) {
     let req = wrk_request();
 
     // request_filter: identity (client ip + a new request id), as RequestMeta::read does it.
-    g.bench_function("new_request_id", |b| b.iter(forwarding::new_request_id));
-    g.bench_function("request_id_alternative_u64_hex_stack", |b| {
-        // What a counter/fast-rng id in a stack buffer costs, for comparison.
-        b.iter(|| {
-            let v: u128 = rand::random();
-            let mut buf = [0u8; 32];
-            let mut x = black_box(v);
-            for slot in buf.iter_mut().rev() {
-                *slot = b"0123456789abcdef"[(x & 0xf) as usize];
-                x >>= 4;
-            }
-            black_box(buf)
-        })
-    });
+    g.bench_function("request_id_generate", |b| b.iter(RequestId::generate));
     g.bench_function("request_meta_read", |b| {
         b.iter(|| RequestMeta::read(black_box(&req), loopback, &trusted))
     });
@@ -291,15 +279,15 @@ fn bench_request_path(c: &mut Criterion) {
         b.iter(|| forwarding::forwarded_for(&trusted, black_box(loopback), None))
     });
     g.bench_function("upstream_headers_insert4", |b| {
-        let id = forwarding::new_request_id();
+        let id = RequestId::generate();
         b.iter_batched(
             || req.clone(),
             |mut up| {
                 let xff = forwarding::forwarded_for(&trusted, loopback, None);
                 let _ = up.insert_header("x-forwarded-for", xff);
-                let _ = up.insert_header("x-forwarded-proto", "https");
+                let _ = up.insert_header("x-forwarded-proto", HeaderValue::from_static("https"));
                 let _ = up.insert_header("x-forwarded-host", "127.0.0.1:8443");
-                let _ = up.insert_header("x-request-id", id.as_str());
+                let _ = up.insert_header("x-request-id", id.header());
                 up
             },
             criterion::BatchSize::SmallInput,
@@ -309,7 +297,7 @@ fn bench_request_path(c: &mut Criterion) {
         b.iter_batched(|| (), |_| req.clone(), criterion::BatchSize::SmallInput)
     });
     g.bench_function("response_header_insert_request_id", |b| {
-        let id = forwarding::new_request_id();
+        let id = RequestId::generate();
         let resp = match ResponseHeader::build(200, None) {
             Ok(r) => r,
             Err(e) => panic!("response: {e}"),
@@ -317,7 +305,7 @@ fn bench_request_path(c: &mut Criterion) {
         b.iter_batched(
             || resp.clone(),
             |mut r| {
-                let _ = r.insert_header("x-request-id", id.as_str());
+                let _ = r.insert_header("x-request-id", id.header());
                 r
             },
             criterion::BatchSize::SmallInput,

@@ -1,7 +1,7 @@
 //! Per-request state, grouped by concern: the runtime snapshot, who asked, where it goes, and
 //! the upstream attempts made.
 
-use super::forwarding::{self, TrustedProxies};
+use super::forwarding::{RequestId, TrustedProxies};
 use super::gate::{Caller, LimitHeaders};
 use super::retry::Active;
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ impl Ctx {
 
 /// Who sent the request and how to name it.
 pub struct RequestMeta {
-    pub id: String,
+    pub id: RequestId,
     /// The socket peer.
     pub peer_ip: IpAddr,
     /// The client, per the trusted-proxy rules (the one client-ip value used everywhere).
@@ -57,7 +57,7 @@ pub struct RequestMeta {
 impl Default for RequestMeta {
     fn default() -> Self {
         RequestMeta {
-            id: String::new(),
+            id: RequestId::default(),
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             started: Instant::now(),
@@ -69,13 +69,14 @@ impl Default for RequestMeta {
 impl RequestMeta {
     /// Reads identity from the request: client ip and a kept or generated request id.
     pub fn read(req: &RequestHeader, peer: IpAddr, trusted: &TrustedProxies) -> Self {
-        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
-        let client_ip = trusted.client_ip(peer, header("x-forwarded-for"));
-        let id = header("x-request-id")
-            .filter(|v| trusted.contains(peer) && forwarding::acceptable_request_id(v))
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_string)
-            .unwrap_or_else(forwarding::new_request_id);
+        let forwarded_for = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+        let client_ip = trusted.client_ip(peer, forwarded_for);
+        let id = req
+            .headers
+            .get("x-request-id")
+            .filter(|_| trusted.contains(peer))
+            .and_then(RequestId::keep)
+            .unwrap_or_else(RequestId::generate);
         RequestMeta {
             id,
             peer_ip: peer,

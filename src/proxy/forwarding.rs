@@ -4,6 +4,8 @@
 //! client (logs, consistent hashing, rate limits) uses it, so a spoofed `X-Forwarded-For` from
 //! an untrusted peer is ignored everywhere at once.
 
+use bytes::Bytes;
+use http::HeaderValue;
 use ipnet::IpNet;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -80,20 +82,57 @@ pub fn forwarded_for(trusted: &TrustedProxies, peer: IpAddr, incoming: Option<&[
 }
 
 /// An incoming request id we keep: short, visible ASCII, from a trusted peer.
-pub fn acceptable_request_id(value: &[u8]) -> bool {
+fn acceptable_request_id(value: &[u8]) -> bool {
     !value.is_empty() && value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// A new random request id (128 bits, hex), formatted without `fmt` machinery.
-pub fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = rand::random::<u128>();
-    let mut out = [0u8; 32];
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
+/// A request's id: kept from a trusted peer or generated. It is visible ASCII, so it is both
+/// a `str` (logs) and a header value, shared (not copied) by the upstream request and the
+/// response.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// A new random id (128 bits, hex), formatted without `fmt` machinery.
+    pub fn generate() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut n = rand::random::<u128>();
+        let mut out = [0u8; 32];
+        for b in out.iter_mut().rev() {
+            *b = HEX[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        RequestId(HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out)).unwrap_or(EMPTY))
     }
-    out.iter().map(|&b| b as char).collect()
+
+    /// The id a client sent, if it is acceptable as one.
+    pub fn keep(value: &HeaderValue) -> Option<Self> {
+        acceptable_request_id(value.as_bytes()).then(|| RequestId(value.clone()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value (a reference-counted copy).
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+const EMPTY: HeaderValue = HeaderValue::from_static("");
+
+impl Default for RequestId {
+    /// No id yet (before the request header was read).
+    fn default() -> Self {
+        RequestId(EMPTY)
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +199,12 @@ mod tests {
     /// Request ids are 32 hex chars and kept only when well-formed.
     #[test]
     fn request_ids_are_validated() {
-        assert_eq!(new_request_id().len(), 32);
+        let id = RequestId::generate();
+        assert_eq!(id.as_str().len(), 32, "{id}");
+        assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id.as_str(), RequestId::generate().as_str());
+        assert!(RequestId::keep(&HeaderValue::from_static("abc-123")).is_some());
+        assert!(RequestId::keep(&HeaderValue::from_static("has space")).is_none());
         assert!(acceptable_request_id(b"abc-123"));
         assert!(!acceptable_request_id(b"has space"));
         assert!(!acceptable_request_id(&[b'a'; 200]));

@@ -31,6 +31,7 @@ use crate::routing::{normalize_path, strip_prefix};
 use crate::runtime::{Route, SharedRuntime};
 use async_trait::async_trait;
 use ctx::{Ctx, Outcome, RequestMeta};
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -284,14 +285,15 @@ impl ProxyHttp for Tollgate {
                 .map(|v| v.as_bytes()),
         );
         upstream.insert_header("x-forwarded-for", xff)?;
-        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        upstream.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = request_host(session.req_header()) {
             if upstream.headers.get(http::header::HOST).is_none() {
                 upstream.insert_header(http::header::HOST, host)?;
             }
             upstream.insert_header("x-forwarded-host", host)?;
         }
-        upstream.insert_header("x-request-id", ctx.request.id.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request.id.header())?;
         // Only Tollgate says who the client is; the key itself never reaches the backend.
         upstream.remove_header("x-client-id");
         if let Some(caller) = &ctx.caller {
@@ -346,13 +348,15 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header("x-request-id", ctx.request.id.as_str())?;
+        resp.insert_header("x-request-id", ctx.request.id.header())?;
         if self.draining.is_set() {
             session.set_keepalive(None);
         }
         if !ctx.limit_headers.is_empty() {
-            resp.insert_header("ratelimit-policy", ctx.limit_headers.policy.as_str())?;
-            resp.insert_header("ratelimit", ctx.limit_headers.ratelimit.as_str())?;
+            // Moved, not copied: the response header is written once.
+            let headers = std::mem::take(&mut ctx.limit_headers);
+            resp.insert_header("ratelimit-policy", headers.policy)?;
+            resp.insert_header("ratelimit", headers.ratelimit)?;
         }
         Ok(())
     }
@@ -370,7 +374,9 @@ impl ProxyHttp for Tollgate {
         }
         if code > 0 && session.response_written().is_none() {
             let message = respond::default_message(code);
-            if let Err(we) = respond::write_error(session, code, message, &ctx.request.id).await {
+            if let Err(we) =
+                respond::write_error(session, code, message, ctx.request.id.as_str()).await
+            {
                 log::debug!(
                     "request {}: cannot write error response: {we}",
                     ctx.request.id
@@ -415,7 +421,7 @@ impl ProxyHttp for Tollgate {
         if self.access_log.enabled() {
             let req = session.req_header();
             let line = AccessLine {
-                request_id: &ctx.request.id,
+                request_id: ctx.request.id.as_str(),
                 client_ip: ctx.request.client_ip,
                 method: req.method.as_str(),
                 path: req.uri.path(),
@@ -463,7 +469,7 @@ impl Tollgate {
             extra.push(("ratelimit-policy", ctx.limit_headers.policy.clone()));
             extra.push(("ratelimit", ctx.limit_headers.ratelimit.clone()));
         }
-        respond::write_error_with(session, code, &message, &ctx.request.id, &extra).await?;
+        respond::write_error_with(session, code, &message, ctx.request.id.as_str(), &extra).await?;
         Ok(true)
     }
 
@@ -517,7 +523,7 @@ impl Tollgate {
 
 /// Writes a decided response and ends the request.
 async fn reply(session: &mut Session, ctx: &Ctx, code: u16, message: &str) -> Result<bool> {
-    respond::write_error(session, code, message, &ctx.request.id).await?;
+    respond::write_error(session, code, message, ctx.request.id.as_str()).await?;
     Ok(true)
 }
 
