@@ -119,6 +119,22 @@ fn missing_certificate_file_is_rejected() {
     );
 }
 
+/// A header limit outside 1 KiB..=1 MiB, or not a size, is refused at its path.
+#[test]
+fn bad_header_size_limit_is_rejected() {
+    for (value, want) in [
+        ("512", "must be 1KiB..=1MiB"),
+        ("2MiB", "must be 1KiB..=1MiB"),
+        ("lots", "invalid size \"lots\""),
+    ] {
+        let yaml = format!("server: {{ max_request_header_size: {value} }}\n{VALID}");
+        assert_rejected(&yaml, &format!("server.max_request_header_size: {want}"));
+    }
+    let ok = format!("server: {{ max_request_header_size: 16KiB }}\n{VALID}");
+    let c = Config::from_yaml(&ok).expect("16 KiB is accepted");
+    assert_eq!(c.server.max_request_header_size, 16 * 1024);
+}
+
 /// Two listeners with one name are refused at the second.
 #[test]
 fn duplicate_listener_name_is_rejected() {

@@ -21,6 +21,42 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A size in bytes: a number, or a string with a binary unit (`"512"`, `"16KiB"`, `"1MiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => parse_size(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?} (expected bytes, or a number with B, KiB or MiB)"
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => return None,
+    };
+    digits.parse::<usize>().ok()?.checked_mul(scale)
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerFile {
@@ -34,6 +70,7 @@ pub struct ServerFile {
     pub keepalive_timeout: Option<HumanDuration>,
     pub keepalive_requests: Option<u32>,
     pub upstream_keepalive_pool_size: Option<usize>,
+    pub max_request_header_size: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,4 +345,20 @@ pub struct TopFile {
 
 fn yes() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("512B"), Some(512));
+        assert_eq!(parse_size("16KiB"), Some(16 * 1024));
+        assert_eq!(parse_size("1 MiB"), Some(1024 * 1024));
+        for bad in ["", "KiB", "16kb", "1.5MiB", "-1", "99999999999999999999MiB"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -80,6 +80,8 @@ pub struct ServerSettings {
     /// Requests served on one downstream connection before it is closed.
     pub keepalive_requests: u32,
     pub upstream_keepalive_pool_size: usize,
+    /// Largest request header (request line and fields) forwarded; larger ones get 431.
+    pub max_request_header_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

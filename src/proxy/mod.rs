@@ -50,6 +50,7 @@ pub struct Tollgate {
     draining: drain::Draining,
     access_log: Arc<AccessLog>,
     keepalive_secs: u64,
+    max_header_size: usize,
 }
 
 impl Tollgate {
@@ -60,20 +61,15 @@ impl Tollgate {
         draining: drain::Draining,
         access_log: Arc<AccessLog>,
     ) -> Self {
-        let keepalive_secs = runtime
-            .load()
-            .config
-            .server
-            .keepalive_timeout
-            .as_secs()
-            .max(1);
+        let server = runtime.load().config.server.clone();
         Tollgate {
             runtime,
             metrics,
             clients,
             draining,
             access_log,
-            keepalive_secs,
+            keepalive_secs: server.keepalive_timeout.as_secs().max(1),
+            max_header_size: server.max_request_header_size,
         }
     }
 }
@@ -115,6 +111,9 @@ impl ProxyHttp for Tollgate {
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let req = session.req_header();
         ctx.request = RequestMeta::read(req, peer, &ctx.runtime.trusted);
+        if header_size(req) > self.max_header_size {
+            return reply(session, ctx, 431, "request header fields too large").await;
+        }
 
         let path = match normalize_path(req.uri.path()) {
             Ok(p) => p,
@@ -519,6 +518,18 @@ impl Tollgate {
             }
         }
     }
+}
+
+/// The size of a request header as HTTP/1.1 would carry it: request line and fields.
+fn header_size(req: &RequestHeader) -> usize {
+    const LINE: usize = " HTTP/1.1\r\n".len() + 1;
+    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum();
+    req.method.as_str().len() + target + LINE + fields
 }
 
 /// Writes a decided response and ends the request.

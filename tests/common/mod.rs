@@ -20,7 +20,9 @@ pub mod raw;
 ///
 /// Picked at random below the kernel's ephemeral range (32768+), where port-0 binds (demo
 /// backends, outgoing connections) never land, so a backend stopped by one test cannot hand
-/// its port to another test's edge.
+/// its port to another test's edge. Test processes run in parallel, so the port is also
+/// reserved across processes (see [`reserve`]): otherwise two edges could pick the same free
+/// port, one bind would fail, and its test would talk to the other test's edge.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -28,11 +30,25 @@ pub fn free_port() -> u16 {
     for _ in 0..200 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 20000 + (seed.wrapping_add(n.wrapping_mul(37)) % 12000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if reserve(port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
     panic!("no free port in 20000..32000");
+}
+
+/// Reserves `port` for the rest of this process by holding a UDP socket on the same number:
+/// TCP is untouched (Pingora binds it), another test process's reservation fails, and the
+/// socket closes when the process exits, however it exits.
+fn reserve(port: u16) -> bool {
+    static HELD: std::sync::Mutex<Vec<std::net::UdpSocket>> = std::sync::Mutex::new(Vec::new());
+    match std::net::UdpSocket::bind(("127.0.0.1", port)) {
+        Ok(socket) => {
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).push(socket);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 fn rand_u16() -> u16 {

@@ -15,6 +15,15 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
     if keepalive_requests == 0 {
         errs.push("server.keepalive_requests", "must be at least 1");
     }
+    let max_header = f
+        .max_request_header_size
+        .map_or(DEFAULT_MAX_HEADER, |b| b.0);
+    if !(MIN_MAX_HEADER..=PINGORA_MAX_HEADER).contains(&max_header) {
+        errs.push(
+            "server.max_request_header_size",
+            format!("must be 1KiB..=1MiB (Pingora reads at most 1 MiB), got {max_header} bytes"),
+        );
+    }
     let pool = f.upstream_keepalive_pool_size.unwrap_or(128);
     if pool == 0 {
         errs.push("server.upstream_keepalive_pool_size", "must be at least 1");
@@ -49,8 +58,15 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
         ),
         keepalive_requests,
         upstream_keepalive_pool_size: pool,
+        max_request_header_size: max_header,
     }
 }
+
+/// Envoy's default (60 KiB) rounded up; nginx refuses at 8 KiB per line and 32 KiB in all.
+const DEFAULT_MAX_HEADER: usize = 64 * 1024;
+const MIN_MAX_HEADER: usize = 1024;
+/// Pingora refuses request headers larger than this while reading them.
+const PINGORA_MAX_HEADER: usize = 1024 * 1024;
 
 pub(super) fn listeners(errs: &mut Errors, raw: Vec<serde_yaml::Value>) -> Vec<Listener> {
     if raw.is_empty() {
