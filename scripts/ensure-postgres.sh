@@ -3,7 +3,21 @@
 # when this machine lacks it. Idempotent.
 set -euo pipefail
 ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
-if command -v pg_isready >/dev/null && ready; then exit 0; fi
+# TLS on, for the sslmode tests: Debian clusters use the snakeoil certificate when it exists.
+ensure_ssl() {
+  [ "$(psql -h 127.0.0.1 -U postgres -tAc 'SHOW ssl')" = on ] && return 0
+  if [ ! -f /etc/ssl/private/ssl-cert-snakeoil.key ]; then
+    command -v make-ssl-cert >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q ssl-cert >/dev/null
+    make-ssl-cert generate-default-snakeoil
+  fi
+  local pgkey=/var/lib/postgresql/tollgate-ssl.key
+  install -o postgres -m 600 /etc/ssl/private/ssl-cert-snakeoil.key "$pgkey"
+  psql -h 127.0.0.1 -U postgres -qc "ALTER SYSTEM SET ssl_cert_file = '/etc/ssl/certs/ssl-cert-snakeoil.pem'" \
+    -c "ALTER SYSTEM SET ssl_key_file = '$pgkey'" -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
+  sleep 1
+  [ "$(psql -h 127.0.0.1 -U postgres -tAc 'SHOW ssl')" = on ] || { echo "postgres: cannot turn TLS on" >&2; exit 1; }
+}
+if command -v pg_isready >/dev/null && ready; then ensure_ssl; exit 0; fi
 if ! command -v pg_ctlcluster >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get install -y -q postgresql >/dev/null; }
@@ -21,3 +35,4 @@ for db in test root; do
   psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" >/dev/null
 done
 psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname='root'" | grep -q 1 || psql -h 127.0.0.1 -U postgres -c "CREATE ROLE root SUPERUSER LOGIN" >/dev/null
+ensure_ssl

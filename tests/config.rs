@@ -135,6 +135,28 @@ fn bad_header_size_limit_is_rejected() {
     assert_eq!(c.server.max_request_header_size, 16 * 1024);
 }
 
+/// A PostgreSQL store URL whose TLS parameters cannot work is refused up front, at its path.
+#[test]
+fn bad_postgres_tls_parameters_are_rejected() {
+    for (query, want) in [
+        ("sslmode=verify-full", "needs sslrootcert"),
+        (
+            "sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+            "/nonexistent/ca.pem",
+        ),
+        ("sslmode=sometimes", "unknown sslmode"),
+    ] {
+        let yaml = format!(
+            "clients: {{ store: \"postgres://edge@db.internal/tollgate?{query}\" }}\n{VALID}"
+        );
+        assert_rejected(&yaml, &format!("clients.store: {want}"));
+    }
+    let ok = format!(
+        "clients: {{ store: \"postgres://edge@db.internal/tollgate?sslmode=require\" }}\n{VALID}"
+    );
+    Config::from_yaml(&ok).expect("sslmode=require is accepted");
+}
+
 /// Two listeners with one name are refused at the second.
 #[test]
 fn duplicate_listener_name_is_rejected() {

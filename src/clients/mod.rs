@@ -21,6 +21,7 @@ mod bucket;
 mod entry;
 pub mod keys;
 mod model;
+mod pg_tls;
 mod postgres;
 mod registry;
 mod service;

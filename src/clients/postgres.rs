@@ -9,18 +9,19 @@
 //! The connection task runs on whichever runtime made the call that opened it. If that
 //! runtime goes away the connection dies with it, and the next call reconnects.
 //!
-//! TODO: TLS to the database is missing (the connection uses `NoTls`, so
-//! `sslmode=require` fails to connect); deferred until a fleet needs PostgreSQL
-//! across an untrusted network, when `tokio-postgres-rustls` can slot in here.
+//! TLS follows libpq's `sslmode` and `sslrootcert` URL parameters (see [`super::pg_tls`]).
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::model::{SavedState, StoredClient};
+use super::pg_tls::{self, Verify};
 use super::store::{ClientStore, StoreError};
 
 /// Default for URLs that set no `connect_timeout`, so a dead host fails fast.
@@ -58,9 +59,25 @@ const SELECT_COLUMNS: &str = "client_id, key_hash, key_prefix, rate_per_sec, cap
 
 const BUMP_GENERATION: &str = "UPDATE tollgate_meta SET generation = generation + 1 WHERE id = 1";
 
+/// An error and its causes, e.g. "error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer" where `tokio-postgres` alone says only the first part.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Client store in a PostgreSQL database.
 pub struct PgStore {
     config: Config,
+    tls: MakeRustlsConnect,
+    /// TLS without a root to check the server's certificate against (`prefer`, `require`).
+    unverified_tls: bool,
     client: Mutex<Option<Client>>,
 }
 
@@ -75,11 +92,14 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Parses `url` (libpq URL or key=value form); connects on first use.
+    /// Parses `url` (a libpq URL, TLS parameters included); connects on first use.
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        let mut config: Config = url
+        let tls = pg_tls::from_url(url)?;
+        let mut config: Config = tls
+            .url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("invalid postgres url: {e}")))?;
+
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -87,17 +107,26 @@ impl PgStore {
             config.application_name("tollgate");
         }
         Ok(Self {
+            unverified_tls: tls.verify == Verify::Nothing
+                && config.get_ssl_mode() != SslMode::Disable,
             config,
+            tls: tls.connector,
             client: Mutex::new(None),
         })
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {
+        if self.unverified_tls {
+            log::warn!(
+                "postgres store: the server's certificate is not verified; add \
+                 sslmode=verify-full&sslrootcert=PATH to the store url to verify it"
+            );
+        }
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
-            .map_err(|e| StoreError::Unavailable(format!("postgres connect: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("postgres connect: {}", chain(&e))))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 log::warn!("postgres client connection closed: {e}");

@@ -258,3 +258,85 @@ async fn postgres_table_never_contains_plaintext_keys() {
     }
     assert_eq!(hash, keys::hash_key(&second));
 }
+
+/// `url` with more query parameters.
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// Whether the connection named `app` (its application_name) runs over TLS, per the server.
+async fn server_sees_tls(db: &PgTestDb, app: &str) -> Option<bool> {
+    let admin = db.connect().await;
+    let row = admin
+        .query_opt(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    row.map(|r| r.get(0))
+}
+
+/// Proves `sslmode=require` encrypts the store's connection (the server says so).
+#[tokio::test]
+async fn sslmode_require_connects_over_tls() {
+    let db = PgTestDb::create().await;
+    let app = format!("tg_tls_{}", db.name);
+    let url = with_params(&db.url, &format!("sslmode=require&application_name={app}"));
+    let store = PgStore::new(&url).unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(server_sees_tls(&db, &app).await, Some(true));
+    let plain = format!("tg_plain_{}", db.name);
+    let url = with_params(
+        &db.url,
+        &format!("sslmode=disable&application_name={plain}"),
+    );
+    let store = PgStore::new(&url).unwrap();
+    store.generation().await.unwrap();
+    assert_eq!(server_sees_tls(&db, &plain).await, Some(false));
+}
+
+/// Proves `verify-full` refuses a server whose certificate another CA signed, and that
+/// `verify-ca` accepts it against its own root (the server's self-signed certificate).
+#[tokio::test]
+async fn verifying_modes_check_the_server_certificate() {
+    let db = PgTestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = rcgen::generate_simple_self_signed(vec!["elsewhere.test".into()]).unwrap();
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, other_ca.cert.pem()).unwrap();
+    let url = with_params(
+        &db.url,
+        &format!("sslmode=verify-full&sslrootcert={}", other.display()),
+    );
+    let refused = PgStore::new(&url).unwrap().generation().await;
+    let Err(StoreError::Unavailable(message)) = refused else {
+        panic!("connected with an untrusted certificate: {refused:?}");
+    };
+    assert!(message.contains("certificate"), "{message}");
+
+    // The test server's certificate is self-signed (Debian's snakeoil), so it is its own root;
+    // it does not name 127.0.0.1, so verify-ca passes where verify-full would not.
+    let admin = db.connect().await;
+    let cert_file: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let url = with_params(
+        &db.url,
+        &format!("sslmode=verify-ca&sslrootcert={cert_file}"),
+    );
+    PgStore::new(&url).unwrap().migrate().await.unwrap();
+    let url = with_params(
+        &db.url,
+        &format!("sslmode=verify-full&sslrootcert={cert_file}"),
+    );
+    let wrong_host = PgStore::new(&url).unwrap().generation().await;
+    assert!(
+        matches!(wrong_host, Err(StoreError::Unavailable(_))),
+        "verify-full accepted a certificate for another host: {wrong_host:?}"
+    );
+}

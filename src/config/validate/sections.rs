@@ -253,6 +253,11 @@ pub(super) fn clients(errs: &mut Errors, raw: serde_yaml::Value) -> Option<Clien
         || store.starts_with("postgresql://"))
     {
         errs.push("clients.store", "expected sqlite://PATH or postgres://...");
+    } else if !store.starts_with("sqlite://") {
+        // Parses the URL and its TLS parameters (reading `sslrootcert`); connects later.
+        if let Err(e) = crate::clients::PgStore::new(&store) {
+            errs.push("clients.store", e.to_string());
+        }
     }
     let mut key_sources = Vec::new();
     let raw_sources = f
