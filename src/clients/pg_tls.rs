@@ -76,10 +76,13 @@ pub fn from_url(url: &str) -> Result<PgTls, StoreError> {
     };
     let verifier: Arc<dyn ServerCertVerifier> = match (verify, root) {
         (Verify::Nothing, _) => Arc::new(AnyCertificate),
-        (_, None) => return Err(invalid(format!(
-            "sslmode={} needs sslrootcert=PATH (the CA file that signed the server's certificate)",
-            mode.unwrap_or_default()
-        ))),
+        (_, None) => {
+            let mode = mode.unwrap_or_default();
+            let why = "the CA file that signed the server's certificate";
+            return Err(invalid(format!(
+                "sslmode={mode} needs sslrootcert=PATH ({why})"
+            )));
+        }
         (verify, Some(path)) => {
             let roots = load_roots(&path)?;
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())

@@ -3,7 +3,8 @@
 //! ```text
 //! new_ctx                  snapshot the runtime (one Arc for the whole request)
 //! early_request_filter     header deadline met; keep-alive settings
-//! request_filter           normalize path -> route (404) -> client ip, request id
+//! request_filter           client ip, request id -> header size (431) -> normalize path
+//!                          -> route (404) -> api key (401) -> limits (429)
 //! upstream_peer            group.select(healthy && not tried) -> peer (503)
 //! fail_to_connect          nothing was sent: retry on another backend
 //! error_while_proxy        retry only a reused pool connection that died (Pingora's rule)
