@@ -14,7 +14,8 @@
 #   --duration S            seconds per run (default 8)
 #   --scenarios LIST        plain,https,h2,handshake,1m,latency,memory (default: all)
 #   --targets LIST          direct,tollgate,nginx,haproxy (default: all), `bare` (bench/bare-pingora:
-#                           minimal Pingora proxy, same build settings), plus --variant names
+#                           minimal Pingora proxy, same build settings), `bare-openssl` (the same
+#                           on Pingora's OpenSSL backend, for the TLS A/B), plus --variant names
 #   --variant NAME=BIN[,threads=N][,work_stealing=true|false][,access_log=true|false]
 #                           an extra Tollgate target (A/B runs); repeatable
 #   --tollgate-bin PATH     use this binary for the `tollgate` target instead of building
@@ -124,6 +125,7 @@ KIND[direct]=direct; HTTP[direct]=18081; HTTPS[direct]=18444
 KIND[nginx]=nginx;   HTTP[nginx]=28080;  HTTPS[nginx]=28443
 KIND[haproxy]=haproxy; HTTP[haproxy]=38080; HTTPS[haproxy]=38443
 KIND[bare]=bare;     HTTP[bare]=17080;   HTTPS[bare]=17443
+KIND[bare-openssl]=bare; HTTP[bare-openssl]=16080; HTTPS[bare-openssl]=16443
 TG_NAMES=()
 declare -A TG_BIN TG_THREADS TG_WS TG_LOG
 add_tollgate() { # name bin threads work_stealing access_log
@@ -148,11 +150,20 @@ done
 IFS=, read -ra TARGET_LIST <<< "$TARGETS"
 for t in "${TARGET_LIST[@]}"; do [ -n "${KIND[$t]:-}" ] || die "unknown target $t"; done
 IFS=, read -ra SCENARIO_LIST <<< "$SCENARIOS"
-BARE=${BARE_BIN:-$BENCH/bare-pingora/target/release/bare-pingora}
-if [[ ",$TARGETS," == *",bare,"* ]] && { [ "$BUILD" = 1 ] || [ ! -x "$BARE" ]; } && [ -z "${BARE_BIN:-}" ]; then
-  log "building bench/bare-pingora (fat LTO, minutes the first time)"
-  (cd "$BENCH/bare-pingora" && cargo build --release --quiet) || die "bare-pingora build failed"
-fi
+declare -A BARE_BINS=(
+  [bare]=${BARE_BIN:-$BENCH/bare-pingora/target/release/bare-pingora}
+  [bare-openssl]=$BENCH/bare-pingora/target-openssl/release/bare-pingora
+)
+declare -A BARE_FEATURES=([bare]="" [bare-openssl]="--no-default-features --features openssl --target-dir target-openssl")
+for t in bare bare-openssl; do
+  [[ ",$TARGETS," == *",$t,"* ]] || continue
+  [ "$t" = bare ] && [ -n "${BARE_BIN:-}" ] && continue
+  if [ "$BUILD" = 1 ] || [ ! -x "${BARE_BINS[$t]}" ]; then
+    log "building bench/bare-pingora for $t (fat LTO, minutes the first time)"
+    # shellcheck disable=SC2086 # the feature flags are separate words
+    (cd "$BENCH/bare-pingora" && cargo build --release --quiet ${BARE_FEATURES[$t]}) || die "$t build failed"
+  fi
+done
 
 # --- processes -----------------------------------------------------------------------------
 STARTED=()
@@ -210,9 +221,9 @@ for t in "${TARGET_LIST[@]}"; do
       render "$BENCH/conf/nginx.conf" "$WORK/nginx.conf"
       start nginx 1 nginx -p "$WORK/nginx-tmp" -c "$WORK/nginx.conf" ;;
     bare)
-      port_free 17080 || die "port 17080 in use"
-      start bare 1 "$BARE" 127.0.0.1:17080 127.0.0.1:17443 "$CERTS/leaf.pem" "$CERTS/leaf.key" \
-        127.0.0.1:18081 127.0.0.1:18082 ;;
+      port_free "${HTTP[$t]}" || die "port ${HTTP[$t]} in use"
+      start "$t" 1 "${BARE_BINS[$t]}" "127.0.0.1:${HTTP[$t]}" "127.0.0.1:${HTTPS[$t]}" \
+        "$CERTS/leaf.pem" "$CERTS/leaf.key" 127.0.0.1:18081 127.0.0.1:18082 ;;
     haproxy)
       port_free 38080 || die "port 38080 in use"
       render "$BENCH/conf/haproxy.cfg" "$WORK/haproxy.cfg"
