@@ -353,3 +353,47 @@ async fn reload_keeps_health_and_breaker_state_of_unchanged_group() {
     assert_eq!(failing.requests(), failing_before);
     assert_eq!(get(&client, &edge, "/other/x").await, (200, "other".into()));
 }
+
+/// A reload that changes a group (a backend added) keeps the verdicts of the backends that
+/// stay: a backend health checks took out is still out the moment the new group is swapped
+/// in, not back in rotation until `unhealthy_after` checks fail again.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_of_changed_group_keeps_health_of_backends_that_stay() {
+    let (good, sick, added, other) = (
+        Backend::start("good"),
+        Backend::start("sick"),
+        Backend::start("added"),
+        Backend::start("other"),
+    );
+    let edge = Edge::start(&stateful(&[&good, &sick], &other, "1s"));
+    sick.set_healthy(false);
+    let out = eventually(Duration::from_secs(10), async || {
+        !state(&edge, sick.addr()).0
+    });
+    assert!(out.await, "sick backend never left rotation");
+
+    let api_before = edge.runtime.load().groups["api"].clone();
+    edge.write_config(&stateful(&[&good, &sick, &added], &other, "1s"));
+    let outcome = edge.reloader.reload();
+    assert!(outcome.applied, "{outcome:?}");
+    assert!(!Arc::ptr_eq(
+        &api_before,
+        &edge.runtime.load().groups["api"]
+    ));
+    // Checks run every 200 ms and need 2 failures to take a backend out: a verdict lost in the
+    // reload could not be back within this test's first look.
+    assert!(
+        !state(&edge, sick.addr()).0,
+        "health verdict lost in the reload"
+    );
+    assert!(state(&edge, good.addr()).0);
+    let client = edge.client();
+    let sick_before = sick.requests();
+    for _ in 0..20 {
+        let (code, _) = get(&client, &edge, "/api/x").await;
+        assert_eq!(code, 200);
+    }
+    assert_eq!(sick.requests(), sick_before, "the sick backend got traffic");
+    // The added backend starts healthy (checks then confirm it) and takes its share.
+    assert!(added.requests() > 0, "the added backend got no traffic");
+}

@@ -1,7 +1,9 @@
 //! Upstream groups: backends, how one is chosen, how it is reached, and whether it is healthy.
 //!
 //! A [`Group`] is built from one validated [`UpstreamConfig`] and never changes; a reload that
-//! leaves a group's config alone reuses the same `Arc<Group>`, so its health state carries over.
+//! leaves a group's config alone reuses the same `Arc<Group>`. A reload that changes it builds a
+//! new group that shares the old one's health registry (when the check itself is unchanged) and
+//! breakers, so backends that stay keep their health verdicts and breaker states.
 //! Health checks run from [`health::HealthService`], a Pingora background service that follows
 //! whatever groups the current runtime has.
 
@@ -12,7 +14,7 @@ use crate::breaker::{Admission, GroupBreakers, ProbePermit, State, Transition};
 use crate::config::{HashKey, Selection, UpstreamConfig};
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 use selection::Balancer;
 use std::collections::BTreeSet;
@@ -82,6 +84,9 @@ pub struct Group {
     peer_template: HttpPeer,
     /// Index-aligned with `backends`; `None` without a `circuit_breaker` block.
     breakers: Option<GroupBreakers<SocketAddr>>,
+    /// Health verdicts by backend, shared with the group this one replaced; `None` without a
+    /// `health_check` block.
+    health: Option<Arc<HealthRegistry>>,
     last_check: Mutex<Option<Instant>>,
     check_running: AtomicBool,
     /// Called on every breaker transition (metrics); set once by the runtime.
@@ -127,13 +132,27 @@ impl Group {
             })
             .collect();
         let members: Vec<Backend> = set.iter().cloned().collect();
+        let health = config.health_check.as_ref().map(|hc| {
+            let same_check = |p: &&Group| {
+                p.config.health_check == config.health_check && p.config.tls == config.tls
+            };
+            match previous.filter(same_check).and_then(|p| p.health.clone()) {
+                Some(shared) => shared,
+                None => {
+                    let registry = HealthRegistry::new();
+                    registry.set_health_check(health::build_check(name, hc, config.tls.as_ref()));
+                    Arc::new(registry)
+                }
+            }
+        });
+        let h = health.as_ref();
         let balancer = match config.selection {
             Selection::RoundRobin | Selection::Weighted => {
-                Balancer::RoundRobin(load_balancer(set, config, name))
+                Balancer::RoundRobin(load_balancer(set, h, name))
             }
-            Selection::Random => Balancer::Random(load_balancer(set, config, name)),
-            Selection::LeastConn => Balancer::LeastConn(load_balancer(set, config, name)),
-            Selection::ConsistentHash(_) => Balancer::Consistent(load_balancer(set, config, name)),
+            Selection::Random => Balancer::Random(load_balancer(set, h, name)),
+            Selection::LeastConn => Balancer::LeastConn(load_balancer(set, h, name)),
+            Selection::ConsistentHash(_) => Balancer::Consistent(load_balancer(set, h, name)),
         };
         let breakers = config.circuit_breaker.as_ref().map(|bc| {
             let policy = Arc::new(bc.policy.clone());
@@ -146,6 +165,7 @@ impl Group {
         Group {
             name: name.to_string(),
             breakers,
+            health,
             config: config.clone(),
             balancer,
             backends,
@@ -271,15 +291,19 @@ impl Group {
     }
 }
 
-fn load_balancer<S>(set: BTreeSet<Backend>, config: &UpstreamConfig, name: &str) -> LoadBalancer<S>
+fn load_balancer<S>(
+    set: BTreeSet<Backend>,
+    health: Option<&Arc<HealthRegistry>>,
+    name: &str,
+) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
-    let mut backends = Backends::new(Static::new(set));
-    if let Some(hc) = &config.health_check {
-        backends.set_health_check(health::build_check(name, hc, config.tls.as_ref()));
-    }
+    let backends = match health {
+        Some(registry) => Backends::new_with_health_registry(Static::new(set), registry.clone()),
+        None => Backends::new(Static::new(set)),
+    };
     let lb = LoadBalancer::from_backends(backends);
     // Static discovery resolves immediately; this only publishes the set to the selector.
     match lb.update().now_or_never() {
