@@ -20,6 +20,7 @@ use std::sync::Arc;
 use percent_encoding::percent_decode_str;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
 use rustls::{Error as TlsError, SignatureScheme};
@@ -74,8 +75,8 @@ pub fn from_url(url: &str) -> Result<PgTls, StoreError> {
             )))
         }
     };
-    let verifier: Arc<dyn ServerCertVerifier> = match (verify, root) {
-        (Verify::Nothing, _) => Arc::new(AnyCertificate),
+    let chain = match (verify, root) {
+        (Verify::Nothing, _) => None,
         (_, None) => {
             let mode = mode.unwrap_or_default();
             let why = "the CA file that signed the server's certificate";
@@ -83,17 +84,19 @@ pub fn from_url(url: &str) -> Result<PgTls, StoreError> {
                 "sslmode={mode} needs sslrootcert=PATH ({why})"
             )));
         }
-        (verify, Some(path)) => {
+        (_, Some(path)) => {
             let roots = load_roots(&path)?;
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
-            Arc::new(Checked {
-                webpki,
-                check_host: verify == Verify::ChainAndHost,
-            })
+            Some(webpki)
         }
     };
+    let verifier = Arc::new(PgVerifier {
+        chain,
+        check_host: verify == Verify::ChainAndHost,
+        algorithms: provider().signature_verification_algorithms,
+    });
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(format!("postgres tls: {e}")))?
@@ -130,14 +133,18 @@ fn load_roots(path: &str) -> Result<RootCertStore, StoreError> {
     Ok(roots)
 }
 
-/// `verify-ca` / `verify-full`: webpki's checks, with the host name check optional.
+/// The server-certificate check `sslmode` asks for. The handshake signature is always
+/// verified; the certificate itself only against a root (`chain`), and its name only for
+/// `verify-full`.
 #[derive(Debug)]
-struct Checked {
-    webpki: Arc<WebPkiServerVerifier>,
+struct PgVerifier {
+    /// `None`: trust whichever certificate the server shows (`prefer`, `require`).
+    chain: Option<Arc<WebPkiServerVerifier>>,
     check_host: bool,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for Checked {
+impl ServerCertVerifier for PgVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -146,10 +153,11 @@ impl ServerCertVerifier for Checked {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let verdict =
-            self.webpki
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        match verdict {
+        let Some(webpki) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // webpki checks the name last, so a name error means the chain was good.
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(TlsError::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_host => Ok(ServerCertVerified::assertion()),
@@ -163,7 +171,7 @@ impl ServerCertVerifier for Checked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -172,54 +180,11 @@ impl ServerCertVerifier for Checked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `prefer` / `require` without a root: any certificate, but a real handshake signature.
-#[derive(Debug)]
-struct AnyCertificate;
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        let algorithms = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        let algorithms = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
