@@ -60,7 +60,8 @@ const SELECT_COLUMNS: &str = "client_id, key_hash, key_prefix, rate_per_sec, cap
 const BUMP_GENERATION: &str = "UPDATE tollgate_meta SET generation = generation + 1 WHERE id = 1";
 
 /// An error and its causes, e.g. "error performing TLS handshake: invalid peer certificate:
-/// UnknownIssuer" where `tokio-postgres` alone says only the first part.
+/// UnknownIssuer" or "db error: ERROR: new row violates check constraint ...", where the
+/// `Display` of a `tokio_postgres::Error` says only the first part.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -98,7 +99,7 @@ impl PgStore {
         let mut config: Config = tls
             .url
             .parse()
-            .map_err(|e| StoreError::Invalid(format!("invalid postgres url: {e}")))?;
+            .map_err(|e| StoreError::Invalid(format!("invalid postgres url: {}", chain(&e))))?;
 
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -129,7 +130,7 @@ impl PgStore {
             .map_err(|e| StoreError::Unavailable(format!("postgres connect: {}", chain(&e))))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                log::warn!("postgres client connection closed: {e}");
+                log::warn!("postgres client connection closed: {}", chain(&e));
             }
         });
         Ok(client)
@@ -187,9 +188,9 @@ enum Replay {
 
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.code() == Some(&SqlState::CHECK_VIOLATION) {
-        StoreError::Invalid(format!("postgres: {e}"))
+        StoreError::Invalid(format!("postgres: {}", chain(&e)))
     } else {
-        StoreError::Unavailable(format!("postgres: {e}"))
+        StoreError::Unavailable(format!("postgres: {}", chain(&e)))
     }
 }
 
@@ -203,7 +204,8 @@ fn write_error(e: tokio_postgres::Error, client_id: &str) -> StoreError {
 }
 
 fn read_row(row: &Row) -> Result<StoredClient, StoreError> {
-    let get_err = |e: tokio_postgres::Error| StoreError::Invalid(format!("postgres row: {e}"));
+    let get_err =
+        |e: tokio_postgres::Error| StoreError::Invalid(format!("postgres row: {}", chain(&e)));
     let client_id: String = row.try_get(0).map_err(get_err)?;
     let key_hash: Vec<u8> = row.try_get(1).map_err(get_err)?;
     let capacity: i64 = row.try_get(4).map_err(get_err)?;

@@ -340,3 +340,18 @@ async fn verifying_modes_check_the_server_certificate() {
         "verify-full accepted a certificate for another host: {wrong_host:?}"
     );
 }
+
+/// Proves a row PostgreSQL refuses comes back as Invalid with the server's own reason, not
+/// just tokio-postgres's "db error".
+#[tokio::test]
+async fn postgres_refusal_carries_the_servers_reason() {
+    let db = PgTestDb::create().await;
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let mut row = sample("bad-rate");
+    row.rate_per_sec = 0.0;
+    let Err(StoreError::Invalid(message)) = store.insert(&row).await else {
+        panic!("a zero rate was stored");
+    };
+    assert!(message.contains("violates check constraint"), "{message}");
+}
