@@ -4,8 +4,8 @@
 #
 #   bench/ab.sh [allocator] [threads] [overhead] [--rounds N] [--duration S] [--tollgate-bin PATH] [--no-build]
 #
-# allocator: the default build (mimalloc feature) vs `--no-default-features` (glibc malloc),
-#            built into $SYSMALLOC_TARGET_DIR (default /tmp/target-sysmalloc).
+# allocator: the default build (glibc malloc) vs `--features mimalloc` and `--features jemalloc`,
+#            built into $ALLOC_TARGET_DIR-mimalloc and -jemalloc (default /tmp/target-...).
 # threads:   server.threads 1 vs 2 x work_stealing false vs true, all on the same one core.
 # overhead:  Tollgate vs Tollgate with `access_log: false` vs bench/bare-pingora (the same Pingora,
 #            build settings and threads, no Tollgate code): what Tollgate's own code costs.
@@ -38,15 +38,18 @@ COMMON=(--tollgate-bin "$BIN" --no-build --rounds "$ROUNDS" --duration "$DUR")
 for w in "${WHICH[@]}"; do
   case $w in
     allocator)
-      SYS_DIR=${SYSMALLOC_TARGET_DIR:-/tmp/target-sysmalloc}
-      SRC=${SYSMALLOC_SRC:-$REPO}
-      if [ "$BUILD" = 1 ] || [ ! -x "$SYS_DIR/release/tollgate" ]; then
-        echo "building the glibc-malloc variant into $SYS_DIR (fat LTO, minutes)" >&2
-        (cd "$SRC" && CARGO_TARGET_DIR=$SYS_DIR cargo build --release -p tollgate --no-default-features --quiet)
-      fi
-      "$BENCH/compare.sh" "${COMMON[@]}" --variant "sysmalloc=$SYS_DIR/release/tollgate" \
-        --targets tollgate,sysmalloc --scenarios plain,https,h2,1m,memory \
-        --out ab-allocator --title "A/B: mimalloc (tollgate, default build) vs glibc malloc (sysmalloc, --no-default-features)"
+      VARIANTS=()
+      for alloc in mimalloc jemalloc; do
+        dir=${ALLOC_TARGET_DIR:-/tmp/target}-$alloc
+        if [ "$BUILD" = 1 ] || [ ! -x "$dir/release/tollgate" ]; then
+          echo "building the $alloc variant into $dir (fat LTO, minutes)" >&2
+          (cd "$REPO" && CARGO_TARGET_DIR=$dir cargo build --release -p tollgate --features "$alloc" --quiet)
+        fi
+        VARIANTS+=(--variant "$alloc=$dir/release/tollgate")
+      done
+      "$BENCH/compare.sh" "${COMMON[@]}" "${VARIANTS[@]}" \
+        --targets tollgate,mimalloc,jemalloc --scenarios plain,https,h2,1m,memory \
+        --out ab-allocator --title "A/B: glibc malloc (tollgate, default build) vs mimalloc vs jemalloc (--features)"
       ;;
     threads)
       "$BENCH/compare.sh" "${COMMON[@]}" \

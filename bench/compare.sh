@@ -16,8 +16,9 @@
 #   --targets LIST          direct,tollgate,nginx,haproxy (default: all), `bare` (bench/bare-pingora:
 #                           minimal Pingora proxy, same build settings), `bare-openssl` (the same
 #                           on Pingora's OpenSSL backend, for the TLS A/B), plus --variant names
-#   --variant NAME=BIN[,threads=N][,work_stealing=true|false][,access_log=true|false]
-#                           an extra Tollgate target (A/B runs); repeatable
+#   --variant NAME=BIN[,threads=N][,work_stealing=true|false][,access_log=true|false][,conf=FILE]
+#                           an extra Tollgate target (A/B runs; conf: another config template
+#                           than bench/conf/tollgate.yaml, with the same placeholders); repeatable
 #   --tollgate-bin PATH     use this binary for the `tollgate` target instead of building
 #   --no-build              do not run cargo build (the binary must exist)
 #   --latency-rate R        offered load of the latency scenario (default: 50% of the lowest
@@ -27,6 +28,10 @@
 #   --title TEXT            heading of the results file
 #   --serve                 start backends and targets, print their ports, wait (Ctrl-C stops);
 #                           for manual runs and bench/profile.sh
+#
+# Environment: PROXY_WRAP="cmd args" runs the Tollgate and bare Pingora targets under that
+# command (bench/callgrind.sh uses valgrind); WAIT_SECS (default 30) is how long a target may
+# take to answer after it starts.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -127,24 +132,26 @@ KIND[haproxy]=haproxy; HTTP[haproxy]=38080; HTTPS[haproxy]=38443
 KIND[bare]=bare;     HTTP[bare]=17080;   HTTPS[bare]=17443
 KIND[bare-openssl]=bare; HTTP[bare-openssl]=16080; HTTPS[bare-openssl]=16443
 TG_NAMES=()
-declare -A TG_BIN TG_THREADS TG_WS TG_LOG
-add_tollgate() { # name bin threads work_stealing access_log
+declare -A TG_BIN TG_THREADS TG_WS TG_LOG TG_CONF
+add_tollgate() { # name bin threads work_stealing access_log config_template
   local i=${#TG_NAMES[@]}
   TG_NAMES+=("$1"); KIND[$1]=tollgate
   HTTP[$1]=$((19000 + 10 * i)); HTTPS[$1]=$((19001 + 10 * i))
-  TG_BIN[$1]=$2; TG_THREADS[$1]=$3; TG_WS[$1]=$4; TG_LOG[$1]=$5
+  TG_BIN[$1]=$2; TG_THREADS[$1]=$3; TG_WS[$1]=$4; TG_LOG[$1]=$5; TG_CONF[$1]=$6
 }
-add_tollgate tollgate "$TOLLGATE_BIN" 1 false true
+add_tollgate tollgate "$TOLLGATE_BIN" 1 false true "$BENCH/conf/tollgate.yaml"
 for v in "${VARIANTS[@]}"; do
   name=${v%%=*}; rest=${v#*=}; bin=${rest%%,*}; threads=1; ws=false; alog=true
+  conf=$BENCH/conf/tollgate.yaml
   IFS=, read -ra opts <<< "${rest#"$bin"}"
   for o in "${opts[@]}"; do
     case "$o" in threads=*) threads=${o#threads=} ;; work_stealing=*) ws=${o#work_stealing=} ;;
-      access_log=*) alog=${o#access_log=} ;; "") ;;
+      access_log=*) alog=${o#access_log=} ;; conf=*) conf=${o#conf=} ;; "") ;;
       *) die "variant $name: unknown option $o" ;; esac
   done
   [ -x "$bin" ] || die "variant $name: no binary at $bin"
-  add_tollgate "$name" "$bin" "$threads" "$ws" "$alog"
+  [ -f "$conf" ] || die "variant $name: no config template at $conf"
+  add_tollgate "$name" "$bin" "$threads" "$ws" "$alog" "$conf"
 done
 [ -n "$TARGETS" ] || TARGETS=$(IFS=,; echo "direct,${TG_NAMES[*]},nginx,haproxy")
 IFS=, read -ra TARGET_LIST <<< "$TARGETS"
@@ -182,11 +189,11 @@ trap 'exit 130' INT TERM
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_http() { # port tls(0|1) path
-  python3 - "$@" <<'PY'
+  python3 - "$@" "${WAIT_SECS:-30}" <<'PY'
 import http.client, ssl, sys, time
 port, tls, path = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 ctx = ssl._create_unverified_context()
-deadline = time.time() + 30
+deadline = time.time() + int(sys.argv[4])
 while time.time() < deadline:
     try:
         c = (http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=2) if tls
@@ -222,7 +229,7 @@ for t in "${TARGET_LIST[@]}"; do
       start nginx 1 nginx -p "$WORK/nginx-tmp" -c "$WORK/nginx.conf" ;;
     bare)
       port_free "${HTTP[$t]}" || die "port ${HTTP[$t]} in use"
-      start "$t" 1 "${BARE_BINS[$t]}" "127.0.0.1:${HTTP[$t]}" "127.0.0.1:${HTTPS[$t]}" \
+      start "$t" 1 ${PROXY_WRAP:-} "${BARE_BINS[$t]}" "127.0.0.1:${HTTP[$t]}" "127.0.0.1:${HTTPS[$t]}" \
         "$CERTS/leaf.pem" "$CERTS/leaf.key" 127.0.0.1:18081 127.0.0.1:18082 ;;
     haproxy)
       port_free 38080 || die "port 38080 in use"
@@ -230,13 +237,13 @@ for t in "${TARGET_LIST[@]}"; do
       start haproxy 1 haproxy -db -f "$WORK/haproxy.cfg" ;;
     tollgate)
       port_free "${HTTP[$t]}" || die "port ${HTTP[$t]} in use"
-      render "$BENCH/conf/tollgate.yaml" "$WORK/$t.yaml" \
+      render "${TG_CONF[$t]}" "$WORK/$t.yaml" \
         -e "s|@NAME@|$t|g" -e "s|@THREADS@|${TG_THREADS[$t]}|g" -e "s|@WORK_STEALING@|${TG_WS[$t]}|g" \
         -e "s|@HTTP_PORT@|${HTTP[$t]}|g" -e "s|@HTTPS_PORT@|${HTTPS[$t]}|g" \
         -e "s|@ADMIN_PORT@|$((${HTTP[$t]} + 2))|g" -e "s|@METRICS_PORT@|$((${HTTP[$t]} + 3))|g" \
         -e "s|@LOG_LEVEL@|${TOLLGATE_LOG_LEVEL:-info}|g" -e "s|@ACCESS_LOG@|${TG_LOG[$t]}|g"
       "${TG_BIN[$t]}" -t -c "$WORK/$t.yaml" >/dev/null || die "$t: config invalid"
-      start "$t" 1 "${TG_BIN[$t]}" -c "$WORK/$t.yaml" ;;
+      start "$t" 1 ${PROXY_WRAP:-} "${TG_BIN[$t]}" -c "$WORK/$t.yaml" ;;
   esac
 done
 for t in "${TARGET_LIST[@]}"; do

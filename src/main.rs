@@ -2,9 +2,16 @@
 
 use clap::Parser;
 
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("choose one allocator feature: mimalloc or jemalloc");
+
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::{build_server, Config, StartOptions};

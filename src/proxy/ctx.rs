@@ -3,6 +3,7 @@
 
 use super::forwarding::{RequestId, TrustedProxies};
 use super::gate::{Caller, LimitHeaders};
+use super::names;
 use super::retry::Active;
 use crate::metrics::Metrics;
 use crate::runtime::{Route, Runtime};
@@ -69,11 +70,14 @@ impl Default for RequestMeta {
 impl RequestMeta {
     /// Reads identity from the request: client ip and a kept or generated request id.
     pub fn read(req: &RequestHeader, peer: IpAddr, trusted: &TrustedProxies) -> Self {
-        let forwarded_for = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+        let forwarded_for = req
+            .headers
+            .get(names::X_FORWARDED_FOR.name())
+            .map(|v| v.as_bytes());
         let client_ip = trusted.client_ip(peer, forwarded_for);
         let id = req
             .headers
-            .get("x-request-id")
+            .get(names::X_REQUEST_ID.name())
             .filter(|_| trusted.contains(peer))
             .and_then(RequestId::keep)
             .unwrap_or_else(RequestId::generate);

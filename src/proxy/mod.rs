@@ -21,6 +21,7 @@ pub mod deadline;
 pub mod drain;
 pub mod forwarding;
 pub mod gate;
+pub mod names;
 pub mod respond;
 pub mod retry;
 
@@ -33,7 +34,7 @@ use crate::runtime::{Route, SharedRuntime};
 use async_trait::async_trait;
 use ctx::{Ctx, Outcome, RequestMeta};
 use http::HeaderValue;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType::{self, HTTPStatus};
@@ -281,21 +282,21 @@ impl ProxyHttp for Tollgate {
             peer,
             upstream
                 .headers
-                .get("x-forwarded-for")
+                .get(names::X_FORWARDED_FOR.name())
                 .map(|v| v.as_bytes()),
         );
-        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header(&names::X_FORWARDED_FOR, xff)?;
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header(&names::X_FORWARDED_PROTO, proto)?;
         if let Some(host) = request_host(session.req_header()) {
             if upstream.headers.get(http::header::HOST).is_none() {
                 upstream.insert_header(http::header::HOST, host)?;
             }
-            upstream.insert_header("x-forwarded-host", host)?;
+            upstream.insert_header(&names::X_FORWARDED_HOST, host)?;
         }
-        upstream.insert_header("x-request-id", ctx.request.id.header())?;
+        upstream.insert_header(&names::X_REQUEST_ID, ctx.request.id.header())?;
         // Only Tollgate says who the client is; the key itself never reaches the backend.
-        upstream.remove_header("x-client-id");
+        upstream.remove_header(names::X_CLIENT_ID.name());
         if let Some(caller) = &ctx.caller {
             match &caller.source {
                 KeySource::AuthorizationBearer => {
@@ -306,7 +307,7 @@ impl ProxyHttp for Tollgate {
                 }
                 KeySource::Query(_) => {}
             }
-            upstream.insert_header("x-client-id", caller.client.client_id())?;
+            upstream.insert_header(&names::X_CLIENT_ID, caller.client.client_id())?;
         }
         ctx.upstream.sent_at = Some(Instant::now());
         Ok(())
@@ -348,15 +349,15 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header("x-request-id", ctx.request.id.header())?;
+        resp.insert_header(&names::X_REQUEST_ID, ctx.request.id.header())?;
         if self.draining.is_set() {
             session.set_keepalive(None);
         }
         if !ctx.limit_headers.is_empty() {
             // Moved, not copied: the response header is written once.
             let headers = std::mem::take(&mut ctx.limit_headers);
-            resp.insert_header("ratelimit-policy", headers.policy)?;
-            resp.insert_header("ratelimit", headers.ratelimit)?;
+            resp.insert_header(&names::RATELIMIT_POLICY, headers.policy)?;
+            resp.insert_header(&names::RATELIMIT, headers.ratelimit)?;
         }
         Ok(())
     }
@@ -449,7 +450,7 @@ impl Tollgate {
         route: &Route,
         refusal: gate::Refusal,
     ) -> Result<bool> {
-        let mut extra: Vec<(&str, String)> = Vec::new();
+        let mut extra: Vec<(&StaticHeaderName, String)> = Vec::new();
         let (code, message) = match refusal {
             gate::Refusal::Unauthorized(e) => (401, e.to_string()),
             gate::Refusal::NoRegistry => {
@@ -461,13 +462,13 @@ impl Tollgate {
                 (503, "client registry unavailable".to_string())
             }
             gate::Refusal::Limited { retry_after_secs } => {
-                extra.push(("retry-after", retry_after_secs.to_string()));
+                extra.push((&names::RETRY_AFTER, retry_after_secs.to_string()));
                 (429, "rate limit exceeded".to_string())
             }
         };
         if !ctx.limit_headers.is_empty() {
-            extra.push(("ratelimit-policy", ctx.limit_headers.policy.clone()));
-            extra.push(("ratelimit", ctx.limit_headers.ratelimit.clone()));
+            extra.push((&names::RATELIMIT_POLICY, ctx.limit_headers.policy.clone()));
+            extra.push((&names::RATELIMIT, ctx.limit_headers.ratelimit.clone()));
         }
         respond::write_error_with(session, code, &message, ctx.request.id.as_str(), &extra).await?;
         Ok(true)

@@ -4,8 +4,9 @@
 //! message is short and fixed per outcome; internal detail goes to the error log with the
 //! request id, never to the client.
 
+use super::names;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{ResponseHeader, StaticHeaderName};
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -37,7 +38,7 @@ pub fn error_header(code: u16, len: usize, request_id: &str) -> Result<ResponseH
     resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if !request_id.is_empty() {
-        resp.insert_header("x-request-id", request_id)?;
+        resp.insert_header(&names::X_REQUEST_ID, request_id)?;
     }
     Ok(resp)
 }
@@ -58,12 +59,12 @@ pub async fn write_error_with(
     code: u16,
     message: &str,
     request_id: &str,
-    extra: &[(&str, String)],
+    extra: &[(&StaticHeaderName, String)],
 ) -> Result<()> {
     let body = error_body(code, message);
     let mut resp = error_header(code, body.len(), request_id)?;
     for (name, value) in extra {
-        resp.insert_header(name.to_string(), value.as_str())?;
+        resp.insert_header(*name, value.as_str())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

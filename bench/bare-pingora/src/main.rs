@@ -8,6 +8,7 @@ use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 use std::sync::Arc;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
