@@ -1,4 +1,5 @@
-# Multi-stage build: compile with the Rust toolchain (cmake for Pingora's zlib-ng), run on slim.
+# Multi-stage build: compile with the Rust toolchain (cmake for Pingora's zlib-ng; the image's
+# make and gcc build jemalloc), run on slim.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

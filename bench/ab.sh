@@ -4,8 +4,9 @@
 #
 #   bench/ab.sh [allocator] [threads] [overhead] [--rounds N] [--duration S] [--tollgate-bin PATH] [--no-build]
 #
-# allocator: the default build (glibc malloc) vs `--features mimalloc` and `--features jemalloc`,
-#            built into $ALLOC_TARGET_DIR-mimalloc and -jemalloc (default /tmp/target-...).
+# allocator: the default build (jemalloc) vs `--no-default-features` (glibc malloc) and
+#            `--features mimalloc`, built into $ALLOC_TARGET_DIR-glibc and -mimalloc
+#            (default /tmp/target-...).
 # threads:   server.threads 1 vs 2 x work_stealing false vs true, all on the same one core.
 # overhead:  Tollgate vs Tollgate with `access_log: false` vs bench/bare-pingora (the same Pingora,
 #            build settings and threads, no Tollgate code): what Tollgate's own code costs.
@@ -39,17 +40,18 @@ for w in "${WHICH[@]}"; do
   case $w in
     allocator)
       VARIANTS=()
-      for alloc in mimalloc jemalloc; do
+      for alloc in glibc mimalloc; do
         dir=${ALLOC_TARGET_DIR:-/tmp/target}-$alloc
         if [ "$BUILD" = 1 ] || [ ! -x "$dir/release/tollgate" ]; then
           echo "building the $alloc variant into $dir (fat LTO, minutes)" >&2
-          (cd "$REPO" && CARGO_TARGET_DIR=$dir cargo build --release -p tollgate --features "$alloc" --quiet)
+          flags=(--no-default-features); [ "$alloc" = mimalloc ] && flags=(--features mimalloc)
+          (cd "$REPO" && CARGO_TARGET_DIR=$dir cargo build --release -p tollgate "${flags[@]}" --quiet)
         fi
         VARIANTS+=(--variant "$alloc=$dir/release/tollgate")
       done
       "$BENCH/compare.sh" "${COMMON[@]}" "${VARIANTS[@]}" \
-        --targets tollgate,mimalloc,jemalloc --scenarios plain,https,h2,1m,memory \
-        --out ab-allocator --title "A/B: glibc malloc (tollgate, default build) vs mimalloc vs jemalloc (--features)"
+        --targets tollgate,glibc,mimalloc --scenarios plain,https,h2,1m,memory \
+        --out ab-allocator --title "A/B: jemalloc (tollgate, default build) vs glibc malloc vs mimalloc"
       ;;
     threads)
       "$BENCH/compare.sh" "${COMMON[@]}" \

@@ -161,7 +161,7 @@ declare -A BARE_BINS=(
   [bare]=${BARE_BIN:-$BENCH/bare-pingora/target/release/bare-pingora}
   [bare-openssl]=$BENCH/bare-pingora/target-openssl/release/bare-pingora
 )
-declare -A BARE_FEATURES=([bare]="" [bare-openssl]="--no-default-features --features openssl --target-dir target-openssl")
+declare -A BARE_FEATURES=([bare]="" [bare-openssl]="--no-default-features --features openssl,jemalloc --target-dir target-openssl")
 for t in bare bare-openssl; do
   [[ ",$TARGETS," == *",$t,"* ]] || continue
   [ "$t" = bare ] && [ -n "${BARE_BIN:-}" ] && continue

@@ -2,14 +2,12 @@
 
 use clap::Parser;
 
-#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
-compile_error!("choose one allocator feature: mimalloc or jemalloc");
-
+// The allocator: see the features in Cargo.toml. mimalloc, when chosen, wins over the default.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[cfg(feature = "jemalloc")]
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::path::PathBuf;

@@ -431,8 +431,8 @@ impl ProxyHttp for Tollgate {
                 backend: ctx.upstream.last_backend(),
                 status,
                 bytes: session.body_bytes_sent(),
-                latency_ms: ms(ctx.request.started.elapsed()),
-                upstream_latency_ms: ctx.upstream.latency().map(ms),
+                latency: ctx.request.started.elapsed(),
+                upstream_latency: ctx.upstream.latency(),
                 attempts: ctx.upstream.tried.len(),
                 tried: &ctx.upstream.tried,
             };
@@ -629,8 +629,4 @@ fn with_query(path: &str, query: Option<&str>) -> String {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }

@@ -6,7 +6,6 @@
 //! else is allocated.
 
 use super::Decision;
-use std::fmt::Write;
 use std::time::Duration;
 
 /// Whether `name` can be a policy identifier: a non-empty sf-string, i.e. printable ASCII
@@ -52,8 +51,7 @@ pub fn write_policy_item(out: &mut String, name: &str, quota: u64, window_secs: 
 }
 
 pub(crate) fn push_policy_params(out: &mut String, quota: u64, window_secs: u64) {
-    // Writing into a String cannot fail; fmt::Write only returns Result for other sinks.
-    let _ = write!(out, ";q={quota};w={window_secs}");
+    push_params(out, ";q=", quota, ";w=", window_secs);
 }
 
 /// Appends a `RateLimit` member: `"<name>";r=<remaining>;t=<reset secs, rounded up>`.
@@ -64,12 +62,22 @@ pub fn write_ratelimit_item(out: &mut String, name: &str, decision: &Decision) {
 }
 
 pub(crate) fn push_ratelimit_params(out: &mut String, decision: &Decision) {
-    let _ = write!(
+    push_params(
         out,
-        ";r={};t={}",
+        ";r=",
         decision.remaining,
-        ceil_secs(decision.reset)
+        ";t=",
+        ceil_secs(decision.reset),
     );
+}
+
+/// Two integer parameters, formatted without `fmt` (on every response, so it shows).
+fn push_params(out: &mut String, first: &str, a: u64, second: &str, b: u64) {
+    let mut n = itoa::Buffer::new();
+    out.push_str(first);
+    out.push_str(n.format(a));
+    out.push_str(second);
+    out.push_str(n.format(b));
 }
 
 /// Appends an already-quoted member name (precomputed by `Limiter`) and a separator.

@@ -8,9 +8,9 @@ use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 use std::sync::Arc;
 
-#[cfg(feature = "mimalloc")]
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Bare(Arc<LoadBalancer<RoundRobin>>);
 
