@@ -16,6 +16,8 @@ use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,18 +55,26 @@ impl<A> HttpServerApp for HeaderDeadline<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+    /// Written out rather than `async`: the inner app's future is made here, before this one,
+    /// so the session moves straight into it. An `async fn` would hold the session (~3 KiB)
+    /// in its own future too, copied once more per request and allocated for as long as a
+    /// keep-alive connection waits (bench/results/memory.md).
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         // h2 streams arrive with their header already parsed; the h2 layer has its own limits.
         if session.is_http2() {
-            return self.inner.process_new_http(session, shutdown).await;
+            return self.inner.process_new_http(session, shutdown);
         }
         // The proxy leaves a marker for the next request on a kept-alive connection
         // (`persist_connection_context`); Pingora hands it to this session. Peek, put back.
-        let mut session = session;
         let marker = session.take_connection_user_context();
         let reused = marker.is_some();
         session.set_connection_user_context(marker);
@@ -73,9 +83,8 @@ where
         } else {
             self.header_timeout
         };
-        let work = HEADER_READ.scope(Cell::new(false), async {
-            let inner = self.inner.process_new_http(session, shutdown);
-            tokio::pin!(inner);
+        let mut inner = self.inner.process_new_http(session, shutdown);
+        Box::pin(HEADER_READ.scope(Cell::new(false), async move {
             tokio::select! {
                 done = &mut inner => done,
                 _ = tokio::time::sleep(deadline) => {
@@ -87,8 +96,7 @@ where
                     }
                 }
             }
-        });
-        work.await
+        }))
     }
 
     fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
