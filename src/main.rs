@@ -1,6 +1,9 @@
 //! The `tollgate` command: validate a config, or run the edge.
 
 use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tollgate::{build_server, Config, StartOptions};
 
 // The allocator: see the features in Cargo.toml. mimalloc, when chosen, wins over the default.
 #[cfg(feature = "mimalloc")]
@@ -10,9 +13,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use tollgate::{build_server, Config, StartOptions};
 
 /// An HTTPS edge proxy on Pingora.
 #[derive(Parser, Debug)]
