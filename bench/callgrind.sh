@@ -73,7 +73,6 @@ for t in "${LIST[@]}"; do
     done
     dump=$(ls -t "$RAW"/"$pid".cg* | head -1)
     mv "$dump" "$RAW/$t-$s.cg"
-    callgrind_annotate --inclusive=yes --threshold=100 "$RAW/$t-$s.cg" > "$RAW/$t-$s.incl.txt" 2>/dev/null || true
   done
 done
 

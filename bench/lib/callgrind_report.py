@@ -1,5 +1,4 @@
 """Turns bench/callgrind.sh's dumps into bench/results/<out>.md: instructions per request."""
-import os
 import re
 import subprocess
 import sys

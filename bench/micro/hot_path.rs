@@ -206,6 +206,7 @@ fn bench_request_path(c: &mut Criterion) {
     use http::HeaderValue;
     use tollgate::proxy::ctx::RequestMeta;
     use tollgate::proxy::forwarding::{self, RequestId, TrustedProxies};
+    use tollgate::proxy::names;
 
     let mut g = c.benchmark_group("request_path");
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -284,10 +285,11 @@ fn bench_request_path(c: &mut Criterion) {
             || req.clone(),
             |mut up| {
                 let xff = forwarding::forwarded_for(&trusted, loopback, None);
-                let _ = up.insert_header("x-forwarded-for", xff);
-                let _ = up.insert_header("x-forwarded-proto", HeaderValue::from_static("https"));
-                let _ = up.insert_header("x-forwarded-host", "127.0.0.1:8443");
-                let _ = up.insert_header("x-request-id", id.header());
+                let _ = up.insert_header(&names::X_FORWARDED_FOR, xff);
+                let _ =
+                    up.insert_header(&names::X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+                let _ = up.insert_header(&names::X_FORWARDED_HOST, "127.0.0.1:8443");
+                let _ = up.insert_header(&names::X_REQUEST_ID, id.header());
                 up
             },
             criterion::BatchSize::SmallInput,
@@ -305,7 +307,7 @@ fn bench_request_path(c: &mut Criterion) {
         b.iter_batched(
             || resp.clone(),
             |mut r| {
-                let _ = r.insert_header("x-request-id", id.header());
+                let _ = r.insert_header(&names::X_REQUEST_ID, id.header());
                 r
             },
             criterion::BatchSize::SmallInput,

@@ -62,19 +62,21 @@ pub fn from_url(url: &str) -> Result<PgTls, StoreError> {
             _ => kept.push(pair),
         }
     }
+    // The mode tokio-postgres gets (it checks no certificate itself), and the check we add.
     let (pg_mode, verify) = match mode.as_deref().unwrap_or("prefer") {
-        "disable" => ("disable", Verify::Nothing),
-        "prefer" | "allow" => ("prefer", Verify::Nothing),
-        "require" if root.is_some() => ("require", Verify::Chain),
-        "require" => ("require", Verify::Nothing),
-        "verify-ca" => ("require", Verify::Chain),
-        "verify-full" => ("require", Verify::ChainAndHost),
+        "disable" => ("sslmode=disable", Verify::Nothing),
+        "prefer" | "allow" => ("sslmode=prefer", Verify::Nothing),
+        "require" if root.is_some() => ("sslmode=require", Verify::Chain),
+        "require" => ("sslmode=require", Verify::Nothing),
+        "verify-ca" => ("sslmode=require", Verify::Chain),
+        "verify-full" => ("sslmode=require", Verify::ChainAndHost),
         other => {
             return Err(invalid(format!(
                 "unknown sslmode {other:?} (disable, prefer, require, verify-ca, verify-full)"
             )))
         }
     };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = match (verify, root) {
         (Verify::Nothing, _) => None,
         (_, None) => {
@@ -86,37 +88,30 @@ pub fn from_url(url: &str) -> Result<PgTls, StoreError> {
         }
         (_, Some(path)) => {
             let roots = load_roots(&path)?;
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
             Some(webpki)
         }
     };
     let verifier = Arc::new(PgVerifier {
         chain,
         check_host: verify == Verify::ChainAndHost,
-        algorithms: provider().signature_verification_algorithms,
+        algorithms: provider.signature_verification_algorithms,
     });
-    let config = ClientConfig::builder_with_provider(provider())
+    let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(format!("postgres tls: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    kept.push(match pg_mode {
-        "disable" => "sslmode=disable",
-        "prefer" => "sslmode=prefer",
-        _ => "sslmode=require",
-    });
+    kept.push(pg_mode);
     Ok(PgTls {
         url: format!("{base}?{}", kept.join("&")),
         connector: MakeRustlsConnect::new(config),
         verify,
     })
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn load_roots(path: &str) -> Result<RootCertStore, StoreError> {
