@@ -153,7 +153,7 @@ fn write_time(now: SystemTime, buf: &mut Vec<u8>) {
 }
 
 /// An address as `Display` writes it; IPv4 without `fmt`, which costs ten times as much.
-fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+pub(crate) fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             let mut n = itoa::Buffer::new();

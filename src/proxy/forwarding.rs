@@ -4,10 +4,10 @@
 //! client (logs, consistent hashing, rate limits) uses it, so a spoofed `X-Forwarded-For` from
 //! an untrusted peer is ignored everywhere at once.
 
+use crate::logging::write_ip;
 use bytes::Bytes;
 use http::HeaderValue;
 use ipnet::IpNet;
-use std::fmt::Write;
 use std::net::IpAddr;
 
 /// Peers allowed to tell us who the client is.
@@ -65,20 +65,24 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The `X-Forwarded-For` value to send upstream: the trusted chain plus the peer, or only the
 /// client when the peer is not trusted (its claims are dropped, not passed on).
-pub fn forwarded_for(trusted: &TrustedProxies, peer: IpAddr, incoming: Option<&[u8]>) -> String {
+pub fn forwarded_for(
+    trusted: &TrustedProxies,
+    peer: IpAddr,
+    incoming: Option<&[u8]>,
+) -> HeaderValue {
     let peer = canonical(peer);
-    let mut out = String::with_capacity(48);
+    let mut out = Vec::with_capacity(48);
     if trusted.contains(peer) {
-        if let Some(prev) = incoming.and_then(|v| std::str::from_utf8(v).ok()) {
-            let prev = prev.trim();
+        if let Some(prev) = incoming.map(<[u8]>::trim_ascii) {
             if !prev.is_empty() {
-                out.push_str(prev);
-                out.push_str(", ");
+                out.extend_from_slice(prev);
+                out.extend_from_slice(b", ");
             }
         }
     }
-    let _ = write!(out, "{peer}");
-    out
+    write_ip(&mut out, peer);
+    // Cannot fail: `incoming` came from a header value and an address is ASCII.
+    HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(EMPTY)
 }
 
 /// An incoming request id we keep: short, visible ASCII, from a trusted peer.
@@ -194,6 +198,10 @@ mod tests {
             forwarded_for(&t, ip("8.8.8.8"), Some(b"1.1.1.1")),
             "8.8.8.8"
         );
+        assert_eq!(forwarded_for(&t, ip("10.0.0.2"), Some(b"  ")), "10.0.0.2");
+        assert_eq!(forwarded_for(&t, ip("10.0.0.2"), None), "10.0.0.2");
+        assert_eq!(forwarded_for(&t, ip("2001:db8::1"), None), "2001:db8::1");
+        assert_eq!(forwarded_for(&t, ip("::ffff:10.0.0.2"), None), "10.0.0.2");
     }
 
     /// Request ids are 32 hex chars and kept only when well-formed.

@@ -43,6 +43,12 @@ impl LimitHeaders {
     pub fn is_empty(&self) -> bool {
         self.policy.is_empty()
     }
+
+    /// One allocation per header for the usual one or two policies, not one per doubling.
+    fn reserve(&mut self) {
+        self.policy.reserve(64);
+        self.ratelimit.reserve(64);
+    }
 }
 
 /// Why the gate refused.
@@ -122,6 +128,9 @@ pub fn check_limits(
     headers: &mut LimitHeaders,
 ) -> Result<(), Refusal> {
     let now = Instant::now();
+    if caller.is_some() || !route.limits.is_empty() {
+        headers.reserve();
+    }
     let mut refusal: Option<u64> = None;
     if let Some(caller) = caller {
         let bucket = caller.client.bucket().inner();

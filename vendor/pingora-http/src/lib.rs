@@ -836,11 +836,15 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
     // upper bound in the crate. Any way you cut it, 4,096 headers is insane.
     const PINGORA_MAX_HEADER_COUNT: usize = 4096;
     const INIT_HEADER_SIZE: usize = 8;
+    // Tollgate patch: a proxy adds headers to what it parsed (forwarding headers, a request
+    // id, ...). Room for a few more keeps the first insertions from growing (rehashing and
+    // reallocating) the header map and its case map.
+    const HEADROOM: usize = 8;
 
     // We select the size hint or the max size here, ensuring that we pick a value substantially lower
     // than 1 << 15 with room to grow the header map.
     std::cmp::min(
-        size_hint.unwrap_or(INIT_HEADER_SIZE),
+        size_hint.map_or(INIT_HEADER_SIZE, |n| n + HEADROOM),
         PINGORA_MAX_HEADER_COUNT,
     )
 }
