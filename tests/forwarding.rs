@@ -223,6 +223,29 @@ async fn large_bodies_pass_through_intact() {
     assert!(body.iter().all(|&c| c == b'x'));
 }
 
+/// A client that accepts gzip gets the backend's text body as the backend sent it: Tollgate
+/// does not compress, and forwards `Accept-Encoding` for the backend to decide.
+#[test]
+fn responses_are_not_compressed_by_the_edge() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let resp = raw(
+        edge.http,
+        "GET /api/x?size=20000 HTTP/1.1\r\nHost: example.test\r\nAccept-Encoding: gzip, br\r\n\
+         Connection: close\r\n\r\n",
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "{}",
+        &resp[..resp.len().min(200)]
+    );
+    assert_eq!(header(&resp, "content-encoding"), None);
+    assert_eq!(header(&resp, "content-length"), Some("20000"));
+    let body = &resp[resp.find("\r\n\r\n").expect("head") + 4..];
+    assert_eq!(body.len(), 20_000);
+    assert!(body.bytes().all(|c| c == b'x'));
+}
+
 /// A serving plaintext listener proxies and tells the backend `X-Forwarded-Proto: http`.
 #[test]
 fn plaintext_listener_proxies_with_proto_http() {

@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use ctx::{Ctx, Outcome, RequestMeta};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType::{self, HTTPStatus};
@@ -83,6 +84,11 @@ impl ProxyHttp for Tollgate {
     fn new_ctx(&self) -> Ctx {
         Ctx::new(self.runtime.load_full())
     }
+
+    /// No downstream modules. Pingora's default adds its response-compression module switched
+    /// off, which still builds a context and runs its filters on every request; Tollgate does
+    /// not compress responses (bench/results/cg-hotpath.md).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     /// Marks the request header as read in time and keeps the connection alive for the next.
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
