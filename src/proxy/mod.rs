@@ -416,6 +416,8 @@ impl ProxyHttp for Tollgate {
             None => Outcome::Error,
         };
         ctx.upstream.end(&self.metrics, upstream, outcome);
+        // One clock read for the metric and the log line, so the two agree.
+        let latency = ctx.request.started.elapsed();
         let mut code = itoa::Buffer::new();
         self.metrics
             .requests
@@ -424,7 +426,7 @@ impl ProxyHttp for Tollgate {
         self.metrics
             .request_duration
             .with_label_values(&[route])
-            .observe(ctx.request.started.elapsed().as_secs_f64());
+            .observe(latency.as_secs_f64());
         if self.access_log.enabled() {
             let req = session.req_header();
             let line = AccessLine {
@@ -437,7 +439,7 @@ impl ProxyHttp for Tollgate {
                 backend: ctx.upstream.last_backend(),
                 status,
                 bytes: session.body_bytes_sent(),
-                latency: ctx.request.started.elapsed(),
+                latency,
                 upstream_latency: ctx.upstream.latency(),
                 attempts: ctx.upstream.tried.len(),
                 tried: &ctx.upstream.tried,
