@@ -323,9 +323,10 @@ fn server_conf(config: &Config) -> ServerConf {
         pid_file: s.pid_file.display().to_string(),
         upgrade_sock: s.upgrade_sock.display().to_string(),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
-        // Timeouts of a second or more (all of Tollgate's upstream ones) on tokio's timer
-        // wheel rather than Pingora's "fast" timer: its BTreeMap, two Arcs and `Notify` per
-        // armed read cost ~1,600 more instructions per proxied request (cg-hotpath.md).
+        // Timeouts of a second or more (the upstream read, write and idle timeouts, unless
+        // configured below a second) on tokio's timer wheel rather than Pingora's "fast"
+        // timer: its BTreeMap, two Arcs and `Notify` per armed read cost ~1,600 more
+        // instructions per proxied request (cg-hotpath.md).
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     }

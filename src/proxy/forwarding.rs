@@ -73,9 +73,10 @@ pub fn forwarded_for(
     let peer = canonical(peer);
     let mut out = Vec::with_capacity(48);
     if trusted.contains(peer) {
-        if let Some(prev) = incoming.map(<[u8]>::trim_ascii) {
+        if let Some(prev) = incoming.and_then(|v| std::str::from_utf8(v).ok()) {
+            let prev = prev.trim();
             if !prev.is_empty() {
-                out.extend_from_slice(prev);
+                out.extend_from_slice(prev.as_bytes());
                 out.extend_from_slice(b", ");
             }
         }
