@@ -11,7 +11,7 @@ use crate::config::{ClientsConfig, Config, ListenerKind};
 use crate::logging::{AccessLog, AccessLogFlusher};
 use crate::metrics::Metrics;
 use crate::proxy::connections::CountConnections;
-use crate::proxy::deadline::HeaderDeadline;
+use crate::proxy::deadline;
 use crate::proxy::drain::{DrainWatch, Draining};
 use crate::proxy::gate::LimitSweeper;
 use crate::proxy::Tollgate;
@@ -149,7 +149,7 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     options.keepalive_request_limit = Some(settings.keepalive_requests.saturating_sub(1));
     proxy.server_options = Some(options);
     let app = CountConnections::new(
-        HeaderDeadline::new(
+        deadline::wrap(
             proxy,
             settings.header_read_timeout,
             settings.keepalive_timeout,

@@ -64,6 +64,50 @@ fn slowloris_is_disconnected_by_header_deadline() {
     assert_eq!(b.requests(), 1, "the dribbled request must not be proxied");
 }
 
+/// On a kept-alive connection the next request's header is due within keep-alive timeout +
+/// header timeout (1s + 2s here): dribbling it is cut off then, not later, not sooner.
+#[test]
+fn slowloris_on_a_reused_connection_is_disconnected() {
+    let b = Backend::start("b1");
+    let edge = start_with_server("keepalive_timeout: 1s", &api(&b, ""));
+    let tcp = connect(edge.http);
+    let mut writer = tcp.try_clone().expect("clone");
+    let mut reader = BufReader::new(tcp);
+    writer
+        .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    assert_eq!(read_response(&mut reader).expect("response").status(), 200);
+    let waiting = Instant::now();
+    writer
+        .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .expect("write");
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut closed_after = None;
+    while waiting.elapsed() < Duration::from_secs(10) {
+        if writer.write_all(b"a").is_err() {
+            closed_after = Some(waiting.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match reader.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            _ => {
+                closed_after = Some(waiting.elapsed());
+                break;
+            }
+        }
+    }
+    let closed_after = closed_after.expect("slow client still connected after 10s");
+    assert!(
+        closed_after >= Duration::from_millis(2500) && closed_after < Duration::from_secs(7),
+        "closed after {closed_after:?}"
+    );
+    assert_eq!(b.requests(), 1, "the dribbled request must not be proxied");
+}
+
 /// A connection that sends nothing at all is also closed by the header deadline.
 #[test]
 fn idle_new_connection_is_closed_by_header_deadline() {

@@ -1,10 +1,15 @@
 //! A deadline for the whole request header, not just for each read.
 //!
 //! Pingora times out each read of the request header separately, so a client that dribbles one
-//! byte every few seconds (slowloris) holds a connection forever. [`HeaderDeadline`] wraps the
-//! proxy app: if the header has not been read when the deadline passes, the connection is
-//! dropped. The proxy says "header read" from `early_request_filter` through a task-local flag,
-//! which is cheap and needs no change to Pingora.
+//! byte every few seconds (slowloris) holds a connection forever. Two wrappers enforce a
+//! deadline for the whole header without a timer per request:
+//!
+//! - [`HeaderDeadline`] (per HTTP/1 request) writes when the header is due into the
+//!   connection's [`Due`] slot, found through a task-local;
+//! - the proxy clears the slot once the header is parsed ([`header_read`]);
+//! - [`ConnectionDeadline`] (per connection) keeps one timer and closes the connection if it
+//!   finds a header overdue. It wakes at the due time of the header being waited for, or, with
+//!   none, one header timeout later: no header that starts afterwards can be due sooner.
 //!
 //! On a reused keep-alive connection the wait for the next request is idle time, bounded by
 //! the keep-alive timeout, so there the deadline is keep-alive timeout + header timeout. The
@@ -12,42 +17,125 @@
 //! (`persist_connection_context`), which arrives with the next request's session.
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 tokio::task_local! {
-    static HEADER_READ: Cell<bool>;
+    static DUE: Arc<Due>;
+}
+
+/// When the header a connection is waiting for must be complete; empty when it is not waiting.
+#[derive(Debug, Default)]
+pub struct Due(AtomicU64);
+
+impl Due {
+    /// Instants as nanoseconds since a process-wide origin; 0 means "not waiting".
+    fn origin() -> Instant {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now)
+    }
+
+    fn set(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(Self::origin()).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
+        self.0.store(nanos, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Self::origin() + Duration::from_nanos(nanos)),
+        }
+    }
+}
+
+/// Called by the proxy once the request header is parsed.
+pub fn header_read() {
+    let _ = DUE.try_with(|due| due.clear());
 }
 
 /// The marker a kept-alive connection carries to its next request.
 pub struct Reused;
 
-/// Called by the proxy once the request header is parsed.
-pub fn header_read() {
-    let _ = HEADER_READ.try_with(|flag| flag.set(true));
+/// Wraps an HTTP app with a request-header deadline: the connection level around the
+/// request level.
+pub fn wrap<A: HttpServerApp>(
+    app: A,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+) -> ConnectionDeadline<HeaderDeadline<A>> {
+    ConnectionDeadline {
+        inner: Arc::new(HeaderDeadline {
+            inner: Arc::new(app),
+            header_timeout,
+            keepalive_timeout,
+        }),
+        header_timeout,
+    }
 }
 
-/// Wraps an HTTP app with a request-header deadline.
+/// The connection level: one timer per connection, checking its [`Due`] slot.
+pub struct ConnectionDeadline<A> {
+    inner: Arc<A>,
+    header_timeout: Duration,
+}
+
+#[async_trait]
+impl<A> ServerApp for ConnectionDeadline<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let due = Arc::new(Due::default());
+        let connection = DUE.scope(due.clone(), self.inner.process_new(stream, shutdown));
+        tokio::pin!(connection);
+        let check = tokio::time::sleep(self.header_timeout);
+        tokio::pin!(check);
+        loop {
+            tokio::select! {
+                biased;
+                next = &mut connection => return next,
+                () = &mut check => {
+                    let now = Instant::now();
+                    let next_check = match due.get() {
+                        Some(at) if at <= now => {
+                            log::debug!("request header not complete in time, closing");
+                            return None;
+                        }
+                        Some(at) => at,
+                        None => now + self.header_timeout,
+                    };
+                    check.as_mut().reset(next_check.into());
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// The request level: says when the header of the request about to be read is due.
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
-}
-
-impl<A> HeaderDeadline<A> {
-    pub fn new(inner: A, header_timeout: Duration, keepalive_timeout: Duration) -> Self {
-        HeaderDeadline {
-            inner: Arc::new(inner),
-            header_timeout,
-            keepalive_timeout,
-        }
-    }
 }
 
 #[async_trait]
@@ -55,10 +143,8 @@ impl<A> HttpServerApp for HeaderDeadline<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    /// Written out rather than `async`: the inner app's future is made here, before this one,
-    /// so the session moves straight into it. An `async fn` would hold the session (~3 KiB)
-    /// in its own future too, copied once more per request and allocated for as long as a
-    /// keep-alive connection waits (bench/results/memory.md).
+    /// Written out rather than `async`: this only sets the due time and returns the inner
+    /// app's future, so it adds no future, allocation or copy of the session of its own.
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
         mut session: ServerSession,
@@ -70,33 +156,20 @@ where
         Self: 'async_trait,
     {
         // h2 streams arrive with their header already parsed; the h2 layer has its own limits.
-        if session.is_http2() {
-            return self.inner.process_new_http(session, shutdown);
+        if !session.is_http2() {
+            // The proxy leaves a marker for the next request on a kept-alive connection
+            // (`persist_connection_context`); Pingora hands it to this session. Peek, put back.
+            let marker = session.take_connection_user_context();
+            let reused = marker.is_some();
+            session.set_connection_user_context(marker);
+            let allowed = if reused {
+                self.keepalive_timeout + self.header_timeout
+            } else {
+                self.header_timeout
+            };
+            let _ = DUE.try_with(|due| due.set(Instant::now() + allowed));
         }
-        // The proxy leaves a marker for the next request on a kept-alive connection
-        // (`persist_connection_context`); Pingora hands it to this session. Peek, put back.
-        let marker = session.take_connection_user_context();
-        let reused = marker.is_some();
-        session.set_connection_user_context(marker);
-        let deadline = if reused {
-            self.keepalive_timeout + self.header_timeout
-        } else {
-            self.header_timeout
-        };
-        let mut inner = self.inner.process_new_http(session, shutdown);
-        Box::pin(HEADER_READ.scope(Cell::new(false), async move {
-            tokio::select! {
-                done = &mut inner => done,
-                _ = tokio::time::sleep(deadline) => {
-                    if HEADER_READ.with(Cell::get) {
-                        inner.await
-                    } else {
-                        log::debug!("request header not complete within {deadline:?}, closing");
-                        None
-                    }
-                }
-            }
-        }))
+        self.inner.process_new_http(session, shutdown)
     }
 
     fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
