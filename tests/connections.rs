@@ -6,6 +6,7 @@ mod common;
 use common::raw::*;
 use common::*;
 use std::io::{BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Like [`start`], with `setting` added to the `server` section.
@@ -18,6 +19,31 @@ fn start_with_server(setting: &str, body: &str) -> Edge {
     })
 }
 
+/// Dribbles one more header byte every ~300 ms on `tcp` until the edge cuts it off (closes
+/// it, or answers before closing); returns how long after `since` that was, or `None` if the
+/// connection is still open after 10 s. `between` runs after each byte, with the time so far.
+fn dribble_until_cut_off(
+    tcp: &mut TcpStream,
+    since: Instant,
+    mut between: impl FnMut(Duration),
+) -> Option<Duration> {
+    tcp.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    while since.elapsed() < Duration::from_secs(10) {
+        if tcp.write_all(b"a").is_err() {
+            return Some(since.elapsed());
+        }
+        let mut buf = [0u8; 512];
+        match tcp.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // Closed, or a final error response before closing: either way, cut off.
+            _ => return Some(since.elapsed()),
+        }
+        between(since.elapsed());
+    }
+    None
+}
+
 /// A client dribbling its header one byte every 300ms is cut off by `header_read_timeout`
 /// (2s in the base config), while other connections are served normally.
 #[test]
@@ -25,37 +51,16 @@ fn slowloris_is_disconnected_by_header_deadline() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, ""));
     let mut slow = connect(edge.http);
-    slow.set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
     slow.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .expect("write");
-    let started = Instant::now();
-    let mut closed_after = None;
     let mut checked_others = false;
-    while started.elapsed() < Duration::from_secs(10) {
-        if slow.write_all(b"a").is_err() {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-        let mut buf = [0u8; 512];
-        match slow.read(&mut buf) {
-            // Closed, or a final error response before closing: either way, cut off.
-            Ok(_) => {
-                closed_after = Some(started.elapsed());
-                break;
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => {
-                closed_after = Some(started.elapsed());
-                break;
-            }
-        }
-        if !checked_others && started.elapsed() > Duration::from_secs(1) {
+    let closed_after = dribble_until_cut_off(&mut slow, Instant::now(), |so_far| {
+        if !checked_others && so_far > Duration::from_secs(1) {
             assert_eq!(get_status(edge.http, "/api/x"), 200);
             checked_others = true;
         }
-    }
-    let closed_after = closed_after.expect("slow client still connected after 10s");
+    })
+    .expect("slow client still connected after 10s");
     assert!(
         closed_after < Duration::from_secs(6),
         "closed after {closed_after:?}"
@@ -70,37 +75,17 @@ fn slowloris_is_disconnected_by_header_deadline() {
 fn slowloris_on_a_reused_connection_is_disconnected() {
     let b = Backend::start("b1");
     let edge = start_with_server("keepalive_timeout: 1s", &api(&b, ""));
-    let tcp = connect(edge.http);
-    let mut writer = tcp.try_clone().expect("clone");
+    let mut tcp = connect(edge.http);
+    tcp.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
     let mut reader = BufReader::new(tcp);
-    writer
-        .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("write");
     assert_eq!(read_response(&mut reader).expect("response").status(), 200);
+    let mut tcp = reader.into_inner();
     let waiting = Instant::now();
-    writer
-        .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+    tcp.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .expect("write");
-    reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let mut closed_after = None;
-    while waiting.elapsed() < Duration::from_secs(10) {
-        if writer.write_all(b"a").is_err() {
-            closed_after = Some(waiting.elapsed());
-            break;
-        }
-        let mut buf = [0u8; 512];
-        match reader.read(&mut buf) {
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            _ => {
-                closed_after = Some(waiting.elapsed());
-                break;
-            }
-        }
-    }
-    let closed_after = closed_after.expect("slow client still connected after 10s");
+    let closed_after = dribble_until_cut_off(&mut tcp, waiting, |_| {})
+        .expect("slow client still connected after 10s");
     assert!(
         closed_after >= Duration::from_millis(2500) && closed_after < Duration::from_secs(7),
         "closed after {closed_after:?}"
