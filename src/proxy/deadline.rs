@@ -5,7 +5,7 @@
 //! deadline for the whole header without a timer per request:
 //!
 //! - [`HeaderDeadline`] (per HTTP/1 request) writes when the header is due into the
-//!   connection's [`Due`] slot, found through a task-local;
+//!   connection's `Due` slot, found through a task-local;
 //! - the proxy clears the slot once the header is parsed ([`header_read`]);
 //! - [`ConnectionDeadline`] (per connection) keeps one timer and closes the connection if it
 //!   finds a header overdue. It wakes at the due time of the header being waited for, or, with
@@ -23,46 +23,33 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 tokio::task_local! {
     static DUE: Arc<Due>;
 }
 
-/// When the header a connection is waiting for must be complete; empty when it is not waiting.
+/// When the header a connection is waiting for must be complete; `None` when it is not
+/// waiting. Only the connection's own task touches it, so the lock is never contended.
 #[derive(Debug, Default)]
-pub struct Due(AtomicU64);
+struct Due(Mutex<Option<Instant>>);
 
 impl Due {
-    /// Instants as nanoseconds since a process-wide origin; 0 means "not waiting".
-    fn origin() -> Instant {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        *ORIGIN.get_or_init(Instant::now)
-    }
-
-    fn set(&self, at: Instant) {
-        let nanos = at.saturating_duration_since(Self::origin()).as_nanos();
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
-        self.0.store(nanos, Ordering::Relaxed);
-    }
-
-    fn clear(&self) {
-        self.0.store(0, Ordering::Relaxed);
+    fn set(&self, at: Option<Instant>) {
+        if let Ok(mut due) = self.0.lock() {
+            *due = at;
+        }
     }
 
     fn get(&self) -> Option<Instant> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            nanos => Some(Self::origin() + Duration::from_nanos(nanos)),
-        }
+        self.0.lock().ok().and_then(|due| *due)
     }
 }
 
 /// Called by the proxy once the request header is parsed.
 pub fn header_read() {
-    let _ = DUE.try_with(|due| due.clear());
+    let _ = DUE.try_with(|due| due.set(None));
 }
 
 /// The marker a kept-alive connection carries to its next request.
@@ -85,7 +72,7 @@ pub fn wrap<A: HttpServerApp>(
     }
 }
 
-/// The connection level: one timer per connection, checking its [`Due`] slot.
+/// The connection level: one timer per connection, checking its `Due` slot.
 pub struct ConnectionDeadline<A> {
     inner: Arc<A>,
     header_timeout: Duration,
@@ -167,7 +154,7 @@ where
             } else {
                 self.header_timeout
             };
-            let _ = DUE.try_with(|due| due.set(Instant::now() + allowed));
+            let _ = DUE.try_with(|due| due.set(Some(Instant::now() + allowed)));
         }
         self.inner.process_new_http(session, shutdown)
     }
