@@ -26,7 +26,6 @@ NOTES = {
     "request_path/access_line_json_only": "serde_json::to_string(AccessLine), no flatten",
     "request_path/access_line_json_flatten_with_time": "timestamp + `#[serde(flatten)]` JSON, as write() does",
     "request_path/access_line_alternative_buffered": "same bytes: no flatten, reused buffer, 64 KiB BufWriter",
-    "request_path/deadline_sleep_select_per_request": "HeaderDeadline: tokio sleep + select! per request",
     "request_path/route_lookup_host_slash": "router lookup of the bench config",
 }
 

@@ -377,8 +377,8 @@ fn bench_request_path(c: &mut Criterion) {
         backend: Some("127.0.0.1:18081"),
         status: 200,
         bytes: 64,
-        latency: std::time::Duration::from_micros(412),
-        upstream_latency: Some(std::time::Duration::from_micros(201)),
+        latency: Duration::from_micros(412),
+        upstream_latency: Some(Duration::from_micros(201)),
         attempts: 1,
         tried: &tried,
     };
@@ -391,33 +391,6 @@ fn bench_request_path(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             black_box(&line).write_json(std::time::SystemTime::now(), &mut buf);
-        })
-    });
-    g.finish();
-
-    // HeaderDeadline (src/proxy/deadline.rs) arms a tokio timer and a select! per HTTP/1 request.
-    let mut g = c.benchmark_group("request_path");
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("runtime: {e}"),
-    };
-    g.bench_function("deadline_sleep_select_per_request", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    let work = async { black_box(1u32) };
-                    let v = tokio::select! {
-                        v = work => v,
-                        _ = tokio::time::sleep(Duration::from_secs(70)) => 0,
-                    };
-                    black_box(v);
-                }
-                start.elapsed()
-            })
         })
     });
     g.finish();
