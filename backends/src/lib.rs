@@ -84,6 +84,8 @@ struct Shared {
     requests: AtomicU64,
     healthz: AtomicU64,
     connections: AtomicU64,
+    /// Connections accepted and not yet closed.
+    open: AtomicU64,
     tls: Option<TlsAcceptor>,
 }
 
@@ -198,6 +200,7 @@ impl Backend {
             requests: AtomicU64::new(0),
             healthz: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
             tls,
         });
         let serving = serve(&handle, &shared, listener);
@@ -245,6 +248,11 @@ impl Backend {
     /// TCP connections accepted in total, across restarts.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(SeqCst)
+    }
+
+    /// TCP connections open now (accepted and not yet closed by either side).
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open.load(SeqCst)
     }
 
     /// Stops accepting and closes every open connection of this instance, so
@@ -312,7 +320,11 @@ async fn accept_loop(
                 Ok((stream, _peer)) => {
                     shared.connections.fetch_add(1, SeqCst);
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(conn::serve(shared.clone(), stream));
+                    let open = OpenConnection::new(shared.clone());
+                    conns.spawn(async move {
+                        conn::serve(open.0.clone(), stream).await;
+                        drop(open);
+                    });
                 }
                 // Usually EMFILE or a connection reset before accept: back
                 // off briefly instead of spinning.
@@ -323,6 +335,22 @@ async fn accept_loop(
     drop(listener);
     conns.shutdown().await;
     let _ = done.send(());
+}
+
+/// Counts a connection as open for as long as its task lives (aborted tasks included).
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.open.fetch_add(1, SeqCst);
+        OpenConnection(shared)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, SeqCst);
+    }
 }
 
 fn tls_acceptor(cert_pem: &str, key_pem: &str) -> io::Result<TlsAcceptor> {

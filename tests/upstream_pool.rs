@@ -1,0 +1,76 @@
+//! Upstream keep-alive: idle connections to backends are reused, never reused once closed or
+//! past their idle timeout, and closed by the edge when that timeout passes.
+
+#[allow(unused_imports)] // `Mode` is unused here
+mod common;
+use common::raw::*;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Waits up to `timeout` for `cond`, checking every 50 ms.
+fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Sequential requests through the edge travel over one pooled upstream connection.
+#[test]
+fn sequential_requests_reuse_one_upstream_connection() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    for _ in 0..20 {
+        assert_eq!(get_status(edge.http, "/api/x"), 200);
+    }
+    assert_eq!(b.requests(), 20);
+    assert_eq!(b.connections(), 1, "upstream connections opened");
+}
+
+/// A pooled connection the backend has closed is not used: the next request opens a new one
+/// and succeeds.
+#[test]
+fn upstream_connection_closed_by_the_backend_is_not_reused() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    assert_eq!(get_status(edge.http, "/api/x"), 200);
+    b.restart().expect("restart"); // closes the pooled connection from the backend's side
+    std::thread::sleep(Duration::from_millis(200)); // the edge's reactor sees the FIN
+    for _ in 0..3 {
+        assert_eq!(get_status(edge.http, "/api/x"), 200);
+    }
+    assert_eq!(b.connections(), 2, "one new connection after the close");
+}
+
+/// An idle upstream connection past its idle timeout is closed by the edge, and the next
+/// request opens a new one.
+#[test]
+fn idle_upstream_connection_is_closed_after_its_idle_timeout() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, "    timeouts: { idle: 500ms }"));
+    assert_eq!(get_status(edge.http, "/api/x"), 200);
+    assert_eq!(b.open_connections(), 1, "pooled after the response");
+    // The pool's sweeper runs once a second: closed within idle timeout + one period.
+    assert!(
+        wait_for(Duration::from_secs(5), || b.open_connections() == 0),
+        "the idle upstream connection is still open"
+    );
+    assert_eq!(get_status(edge.http, "/api/x"), 200);
+    assert_eq!(b.connections(), 2, "a new connection after the timeout");
+}
+
+/// A connection idle for less than its timeout stays pooled and is reused.
+#[test]
+fn idle_upstream_connection_within_its_timeout_is_reused() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, "    timeouts: { idle: 30s }"));
+    assert_eq!(get_status(edge.http, "/api/x"), 200);
+    std::thread::sleep(Duration::from_millis(2500)); // two sweeps
+    assert_eq!(b.open_connections(), 1);
+    assert_eq!(get_status(edge.http, "/api/x"), 200);
+    assert_eq!(b.connections(), 1, "the pooled connection was reused");
+}
