@@ -314,7 +314,9 @@ run() { # round scenario target
   taskset -c 0 timeout $((DUR * 3 + 30)) "${cmd[@]}" > "$raw.out" 2>&1 || log "  ($t $scen: tool exit $?)"
   t1=$(date +%s.%N); c1=$(cpu_ticks "${pids[@]}"); k1=$(core1_ticks)
   local lines=0
-  if [ "${KIND[$t]}" = tollgate ]; then lines=$(wc -l < "$WORK/$t-access.log"); fi
+  # Tollgate flushes its access log every 200 ms: wait for the run's last lines before counting
+  # (and before the next run truncates the file).
+  if [ "${KIND[$t]}" = tollgate ]; then sleep 0.3; lines=$(wc -l < "$WORK/$t-access.log"); fi
   python3 "$BENCH/lib/report.py" record --round "$round" --scenario "$scen" --target "$t" \
     --kind "${KIND[$t]}" --tool "$tool" --raw "$raw.out" --log "$raw.log" \
     --cpu-ticks $((c1 - c0)) --core1-ticks $((k1 - k0)) --wall "$(awk "BEGIN {print $t1 - $t0}")" \
