@@ -38,14 +38,10 @@ done
 command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
 RAW=$BENCH/results/raw/$OUT-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RAW"
-rm -f "$WORK/serving"
+# shellcheck source=lib/serve.sh
+. "$BENCH/lib/serve.sh"
 PROXY_WRAP="valgrind --tool=callgrind --callgrind-out-file=$RAW/%p.cg --dump-instr=no" \
-  WAIT_SECS=240 "$BENCH/compare.sh" "${ARGS[@]}" --targets "$TARGETS" --serve \
-  > "$RAW/serve.log" 2>&1 &
-SERVE=$!
-trap 'kill -TERM $SERVE 2>/dev/null; wait $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 1 900); do [ -s "$WORK/serving" ] && break; kill -0 $SERVE 2>/dev/null || break; sleep 1; done
-[ -s "$WORK/serving" ] || { cat "$RAW/serve.log" >&2; exit 1; }
+  WAIT_SECS=240 SERVE_WAIT=900 serve "$RAW/serve.log" "${ARGS[@]}" --targets "$TARGETS"
 
 load() { # scenario port_http port_https requests
   case $1 in
@@ -58,9 +54,7 @@ load() { # scenario port_http port_https requests
 IFS=, read -ra LIST <<< "$TARGETS"
 IFS=, read -ra SCEN <<< "$SCENARIOS"
 for t in "${LIST[@]}"; do
-  pid=$(sed -n "s/^$t pid=\([0-9]*\) .*/\1/p" "$WORK/serving")
-  http=$(sed -n "s/^$t .*http=127.0.0.1:\([0-9]*\) .*/\1/p" "$WORK/serving")
-  https=$(sed -n "s/^$t .*https=127.0.0.1:\([0-9]*\).*/\1/p" "$WORK/serving")
+  pid=$(served "$t" pid); http=$(served "$t" http); https=$(served "$t" https)
   for s in "${SCEN[@]}"; do
     echo "callgrind: $t $s" >&2
     taskset -c 0 bash -c "$(declare -f load); load $s $http $https 2000" >/dev/null 2>&1 # warm-up

@@ -29,12 +29,9 @@ while [ $# -gt 0 ]; do
 done
 RAW=$BENCH/results/raw/cpu-split-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RAW"
-rm -f "$WORK/serving"
-"$BENCH/compare.sh" "${ARGS[@]}" --targets "$TARGETS" --serve > "$RAW/serve.log" 2>&1 &
-SERVE=$!
-trap 'kill -TERM $SERVE 2>/dev/null; wait $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do [ -s "$WORK/serving" ] && break; kill -0 $SERVE 2>/dev/null || break; sleep 1; done
-[ -s "$WORK/serving" ] || { cat "$RAW/serve.log" >&2; exit 1; }
+# shellcheck source=lib/serve.sh
+. "$BENCH/lib/serve.sh"
+serve "$RAW/serve.log" "${ARGS[@]}" --targets "$TARGETS"
 
 ticks() { # pid -> "utime stime" of the process and its children, in clock ticks
   local p u=0 s=0 a b
@@ -50,10 +47,9 @@ IFS=, read -ra SCEN <<< "$SCENARIOS"
 for round in $(seq 1 "$ROUNDS"); do
   for scen in "${SCEN[@]}"; do
     for t in "${LIST[@]}"; do
-      line=$(grep "^$t " "$WORK/serving")
-      pid=$(sed 's/.*pid=\([0-9]*\).*/\1/' <<< "$line")
-      if [ "$scen" = plain ]; then url=$(sed 's/.*http=\([^ ]*\).*/http:\/\/\1/' <<< "$line")
-      else url=$(sed 's/.*https=\([^ ]*\).*/https:\/\/\1/' <<< "$line"); fi
+      pid=$(served "$t" pid)
+      if [ "$scen" = plain ]; then url=http://127.0.0.1:$(served "$t" http)
+      else url=https://127.0.0.1:$(served "$t" https); fi
       read -r u0 s0 < <(ticks "$pid")
       out=$(taskset -c 0 wrk -t1 -c50 -d"${DUR}s" "$url/")
       read -r u1 s1 < <(ticks "$pid")

@@ -30,15 +30,10 @@ command -v perf >/dev/null || apt-get install -y -q linux-perf >/dev/null
 command -v perf >/dev/null || { echo "perf missing (apt-get install linux-perf)" >&2; exit 1; }
 
 mkdir -p "$WORK"
-rm -f "$WORK/serving"
-"$BENCH/compare.sh" "${ARGS[@]}" --targets tollgate --serve > "$WORK/profile-serve.log" 2>&1 &
-SERVE=$!
-trap 'kill -TERM $SERVE 2>/dev/null; wait $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do [ -s "$WORK/serving" ] && break; sleep 1; done
-[ -s "$WORK/serving" ] || { cat "$WORK/profile-serve.log" >&2; exit 1; }
-PID=$(sed -n 's/^tollgate pid=\([0-9]*\) .*/\1/p' "$WORK/serving")
-PORT=$(sed -n 's/^tollgate .*http=127.0.0.1:\([0-9]*\) .*/\1/p' "$WORK/serving")
-SPORT=$(sed -n 's/^tollgate .*https=127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/serving")
+# shellcheck source=lib/serve.sh
+. "$BENCH/lib/serve.sh"
+serve "$WORK/profile-serve.log" "${ARGS[@]}" --targets tollgate
+PID=$(served tollgate pid); PORT=$(served tollgate http); SPORT=$(served tollgate https)
 URL="http://127.0.0.1:$PORT/"
 [ "$SCEN" = https ] && URL="https://127.0.0.1:$SPORT/"
 BIN=$(readlink -f "/proc/$PID/exe")

@@ -22,19 +22,15 @@ while [ $# -gt 0 ]; do
   shift
 done
 command -v strace >/dev/null || apt-get install -y -q strace >/dev/null
-rm -f "$WORK/serving"
-"$BENCH/compare.sh" "${ARGS[@]}" --targets "$TARGETS" --serve > "$WORK/syscalls-serve.log" 2>&1 &
-SERVE=$!
-trap 'kill -TERM $SERVE 2>/dev/null; wait $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do [ -s "$WORK/serving" ] && break; sleep 1; done
-[ -s "$WORK/serving" ] || { cat "$WORK/syscalls-serve.log" >&2; exit 1; }
+# shellcheck source=lib/serve.sh
+. "$BENCH/lib/serve.sh"
+serve "$WORK/syscalls-serve.log" "${ARGS[@]}" --targets "$TARGETS"
 OUT=$BENCH/results/syscalls.md
 RAW=$BENCH/results/raw/syscalls-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RAW"
 IFS=, read -ra LIST <<< "$TARGETS"
 for t in "${LIST[@]}"; do
-  pid=$(sed -n "s/^$t pid=\([0-9]*\) .*/\1/p" "$WORK/serving")
-  port=$(sed -n "s/^$t .*http=127.0.0.1:\([0-9]*\) .*/\1/p" "$WORK/serving")
+  pid=$(served "$t" pid); port=$(served "$t" http)
   pids=("$pid"); mapfile -t -O 1 pids < <(pgrep -P "$pid" || true)
   taskset -c 0 h2load --h1 -n 2000 -c 50 -t1 "http://127.0.0.1:$port/" >/dev/null 2>&1 # warm-up
   sargs=(); for p in "${pids[@]}"; do sargs+=(-p "$p"); done
