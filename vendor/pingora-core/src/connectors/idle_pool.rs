@@ -143,28 +143,24 @@ impl IdlePool {
 
 impl State {
     fn pop_newest(&mut self, key: u64) -> Option<Idle> {
-        let list = self.groups.get_mut(&key)?;
-        let idle = list.pop_back();
-        if list.is_empty() {
-            // Keep the map from growing with every peer ever seen.
-            self.groups.remove(&key);
-        }
-        if idle.is_some() {
-            self.len -= 1;
-        }
-        idle
+        self.pop(key, VecDeque::pop_back)
     }
 
     /// The least recently released stream of all groups.
     fn pop_oldest(&mut self) -> Option<Idle> {
-        let key = *self
+        let (&key, _) = self
             .groups
             .iter()
             .filter_map(|(key, list)| Some((key, list.front()?.since)))
-            .min_by_key(|(_, since)| *since)?
-            .0;
+            .min_by_key(|(_, since)| *since)?;
+        self.pop(key, VecDeque::pop_front)
+    }
+
+    /// Takes a stream from one end of `key`'s list; a list left empty goes, so the map does not
+    /// grow with every peer ever seen.
+    fn pop(&mut self, key: u64, end: fn(&mut VecDeque<Idle>) -> Option<Idle>) -> Option<Idle> {
         let list = self.groups.get_mut(&key)?;
-        let idle = list.pop_front();
+        let idle = end(list);
         if list.is_empty() {
             self.groups.remove(&key);
         }
