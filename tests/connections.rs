@@ -114,13 +114,10 @@ fn idle_new_connection_is_closed_by_header_deadline() {
 fn keepalive_requests_caps_requests_per_connection() {
     let b = Backend::start("b1");
     let edge = start_with_server("keepalive_requests: 3", &api(&b, ""));
-    let tcp = connect(edge.http);
-    let mut writer = tcp.try_clone().expect("clone");
-    let mut reader = BufReader::new(tcp);
+    let mut client = KeepAlive::new(edge.http);
     let mut served = 0;
     for _ in 0..10 {
-        let sent = writer.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        let Some(resp) = sent.ok().and_then(|_| read_response(&mut reader)) else {
+        let Some(resp) = client.get("/api/x") else {
             break;
         };
         assert_eq!(resp.status(), 200);
@@ -134,7 +131,7 @@ fn keepalive_requests_caps_requests_per_connection() {
     }
     assert_eq!(served, 3, "responses on one connection");
     let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
+    let _ = client.reader.read_to_end(&mut rest);
     assert!(rest.is_empty(), "data after the last response");
 }
 
@@ -143,14 +140,11 @@ fn keepalive_requests_caps_requests_per_connection() {
 fn keepalive_connection_is_reused() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, ""));
-    let tcp = connect(edge.http);
-    let mut writer = tcp.try_clone().expect("clone");
-    let mut reader = BufReader::new(tcp);
+    let mut client = KeepAlive::new(edge.http);
     for i in 0..20 {
-        writer
-            .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .expect("write");
-        let resp = read_response(&mut reader).unwrap_or_else(|| panic!("closed after {i}"));
+        let resp = client
+            .get("/api/x")
+            .unwrap_or_else(|| panic!("closed after {i}"));
         assert_eq!(resp.status(), 200);
     }
 }
@@ -182,14 +176,12 @@ fn http10_connection_closes_after_response() {
 fn http10_keepalive_is_honoured_when_asked() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, ""));
-    let tcp = connect(edge.http);
-    let mut writer = tcp.try_clone().expect("clone");
-    let mut reader = BufReader::new(tcp);
+    let mut client = KeepAlive::new(edge.http);
     for _ in 0..3 {
-        writer
-            .write_all(b"GET /api/x HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
-            .expect("write");
-        assert_eq!(read_response(&mut reader).expect("response").status(), 200);
+        let resp = client
+            .send(b"GET /api/x HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+            .expect("response");
+        assert_eq!(resp.status(), 200);
     }
 }
 

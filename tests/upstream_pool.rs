@@ -5,45 +5,14 @@
 mod common;
 use common::raw::*;
 use common::*;
-use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// One kept-alive client connection to the edge. The edge reads each request on it only after
-/// the previous one has finished, its upstream connection back in the pool; requests on new
-/// client connections could overtake that and open a second upstream connection.
-struct Client {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn new(edge: SocketAddr) -> Client {
-        let tcp = connect(edge);
-        let writer = tcp.try_clone().expect("clone");
-        Client {
-            writer,
-            reader: BufReader::new(tcp),
-        }
-    }
-
-    fn get_status(&mut self, path: &str) -> u16 {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        self.writer.write_all(req.as_bytes()).expect("write");
-        read_response(&mut self.reader).expect("response").status()
-    }
-}
-
-/// Waits up to `timeout` for `cond`, checking every 50 ms.
-fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
+/// The status of `GET /api/x` on the client's one connection. The edge reads each request on
+/// it only after the previous one has finished, its upstream connection back in the pool;
+/// requests on new client connections could overtake that and open a second upstream
+/// connection.
+fn status(client: &mut KeepAlive) -> u16 {
+    client.get("/api/x").expect("response").status()
 }
 
 /// Sequential requests through the edge travel over one pooled upstream connection.
@@ -51,9 +20,9 @@ fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
 fn sequential_requests_reuse_one_upstream_connection() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, ""));
-    let mut client = Client::new(edge.http);
+    let mut client = KeepAlive::new(edge.http);
     for _ in 0..20 {
-        assert_eq!(client.get_status("/api/x"), 200);
+        assert_eq!(status(&mut client), 200);
     }
     assert_eq!(b.requests(), 20);
     assert_eq!(b.connections(), 1, "upstream connections opened");
@@ -65,12 +34,12 @@ fn sequential_requests_reuse_one_upstream_connection() {
 fn upstream_connection_closed_by_the_backend_is_not_reused() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, ""));
-    let mut client = Client::new(edge.http);
-    assert_eq!(client.get_status("/api/x"), 200);
+    let mut client = KeepAlive::new(edge.http);
+    assert_eq!(status(&mut client), 200);
     b.restart().expect("restart"); // closes the pooled connection from the backend's side
     std::thread::sleep(Duration::from_millis(200)); // the edge's reactor sees the FIN
     for _ in 0..3 {
-        assert_eq!(client.get_status("/api/x"), 200);
+        assert_eq!(status(&mut client), 200);
     }
     assert_eq!(b.connections(), 2, "one new connection after the close");
 }
@@ -81,15 +50,15 @@ fn upstream_connection_closed_by_the_backend_is_not_reused() {
 fn idle_upstream_connection_is_closed_after_its_idle_timeout() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, "    timeouts: { idle: 500ms }"));
-    let mut client = Client::new(edge.http);
-    assert_eq!(client.get_status("/api/x"), 200);
+    let mut client = KeepAlive::new(edge.http);
+    assert_eq!(status(&mut client), 200);
     assert_eq!(b.open_connections(), 1, "pooled after the response");
     // The pool's sweeper runs once a second: closed within idle timeout + one period.
     assert!(
         wait_for(Duration::from_secs(5), || b.open_connections() == 0),
         "the idle upstream connection is still open"
     );
-    assert_eq!(client.get_status("/api/x"), 200);
+    assert_eq!(status(&mut client), 200);
     assert_eq!(b.connections(), 2, "a new connection after the timeout");
 }
 
@@ -98,10 +67,10 @@ fn idle_upstream_connection_is_closed_after_its_idle_timeout() {
 fn idle_upstream_connection_within_its_timeout_is_reused() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, "    timeouts: { idle: 30s }"));
-    let mut client = Client::new(edge.http);
-    assert_eq!(client.get_status("/api/x"), 200);
+    let mut client = KeepAlive::new(edge.http);
+    assert_eq!(status(&mut client), 200);
     std::thread::sleep(Duration::from_millis(2500)); // two sweeps
     assert_eq!(b.open_connections(), 1);
-    assert_eq!(client.get_status("/api/x"), 200);
+    assert_eq!(status(&mut client), 200);
     assert_eq!(b.connections(), 1, "the pooled connection was reused");
 }

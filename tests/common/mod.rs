@@ -229,6 +229,19 @@ pub async fn eventually(timeout: Duration, mut cond: impl AsyncFnMut() -> bool) 
     }
 }
 
+/// [`eventually`] for tests without a runtime: polls `cond` every 50 ms until it holds or
+/// `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 /// The `X-Backend` header of a response.
 pub fn served_by(resp: &reqwest::Response) -> String {
     resp.headers()

@@ -75,6 +75,35 @@ pub fn read_response(r: &mut BufReader<TcpStream>) -> Option<Response> {
     Some(resp)
 }
 
+/// One kept-alive client connection: requests go out one at a time, each answer read before
+/// the next is sent.
+pub struct KeepAlive {
+    writer: TcpStream,
+    pub reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        let tcp = connect(addr);
+        let writer = tcp.try_clone().expect("clone");
+        KeepAlive {
+            writer,
+            reader: BufReader::new(tcp),
+        }
+    }
+
+    /// Sends `request` and reads its response; `None` if the server closed the connection.
+    pub fn send(&mut self, request: &[u8]) -> Option<Response> {
+        self.writer.write_all(request).ok()?;
+        read_response(&mut self.reader)
+    }
+
+    /// `GET path` (HTTP/1.1, Host: localhost); `None` if the server closed the connection.
+    pub fn get(&mut self, path: &str) -> Option<Response> {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+    }
+}
+
 /// Opens a connection with generous read timeouts.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let tcp = TcpStream::connect(addr).expect("connect");
