@@ -149,11 +149,7 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     options.keepalive_request_limit = Some(settings.keepalive_requests.saturating_sub(1));
     proxy.server_options = Some(options);
     let app = CountConnections::new(
-        deadline::wrap(
-            proxy,
-            settings.header_read_timeout,
-            settings.keepalive_timeout,
-        ),
+        deadline::wrap(proxy, settings.header_read_timeout),
         metrics.clone(),
         // Long enough for a request already on its way, leaving half the grace period for
         // HTTP/2 clients to move after their GOAWAY.

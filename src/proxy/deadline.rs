@@ -11,10 +11,11 @@
 //!   finds a header overdue. It wakes at the due time of the header being waited for, or, with
 //!   none, one header timeout later: no header that starts afterwards can be due sooner.
 //!
-//! On a reused keep-alive connection the wait for the next request is idle time, bounded by
-//! the keep-alive timeout, so there the deadline is keep-alive timeout + header timeout. The
-//! proxy marks reused connections through Pingora's per-connection context
-//! (`persist_connection_context`), which arrives with the next request's session.
+//! The deadline runs from when the request starts: the connection's start for its first
+//! request, the first byte of the request on a kept-alive connection. Between requests a
+//! kept-alive connection is idle, bounded by the keep-alive timeout, and Pingora starts the
+//! next request (this wrapper included) only once its first byte arrives (vendor/README.md,
+//! pingora-core patch 2), as nginx's `client_header_timeout` follows `keepalive_timeout`.
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
@@ -52,21 +53,16 @@ pub fn header_read() {
     let _ = DUE.try_with(|due| due.set(None));
 }
 
-/// The marker a kept-alive connection carries to its next request.
-pub struct Reused;
-
 /// Wraps an HTTP app with a request-header deadline: the connection level around the
 /// request level.
 pub fn wrap<A: HttpServerApp>(
     app: A,
     header_timeout: Duration,
-    keepalive_timeout: Duration,
 ) -> ConnectionDeadline<HeaderDeadline<A>> {
     ConnectionDeadline {
         inner: Arc::new(HeaderDeadline {
             inner: Arc::new(app),
             header_timeout,
-            keepalive_timeout,
         }),
         header_timeout,
     }
@@ -122,7 +118,6 @@ where
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     header_timeout: Duration,
-    keepalive_timeout: Duration,
 }
 
 #[async_trait]
@@ -134,7 +129,7 @@ where
     /// app's future, so it adds no future, allocation or copy of the session of its own.
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
-        mut session: ServerSession,
+        session: ServerSession,
         shutdown: &'life1 ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
     where
@@ -144,17 +139,8 @@ where
     {
         // h2 streams arrive with their header already parsed; the h2 layer has its own limits.
         if !session.is_http2() {
-            // The proxy leaves a marker for the next request on a kept-alive connection
-            // (`persist_connection_context`); Pingora hands it to this session. Peek, put back.
-            let marker = session.take_connection_user_context();
-            let reused = marker.is_some();
-            session.set_connection_user_context(marker);
-            let allowed = if reused {
-                self.keepalive_timeout + self.header_timeout
-            } else {
-                self.header_timeout
-            };
-            let _ = DUE.try_with(|due| due.set(Some(Instant::now() + allowed)));
+            let due = Instant::now() + self.header_timeout;
+            let _ = DUE.try_with(|slot| slot.set(Some(due)));
         }
         self.inner.process_new_http(session, shutdown)
     }

@@ -101,15 +101,6 @@ impl ProxyHttp for Tollgate {
         Ok(())
     }
 
-    /// Marks the connection as reused for the next request's header deadline.
-    fn persist_connection_context(
-        &self,
-        _session: &Session,
-        _ctx: &Ctx,
-    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
-        Some(Box::new(deadline::Reused))
-    }
-
     /// Routes the request; returns `Ok(true)` when a response (400/404) was already written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let peer = session

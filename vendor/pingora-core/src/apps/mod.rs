@@ -23,6 +23,10 @@ use log::{debug, error};
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+use crate::protocols::http::v1::common::INIT_HEADER_BUF_SIZE;
+use pingora_timeout::timeout;
 
 use crate::protocols::http::v2::server;
 use crate::protocols::http::{ReusableHttpStream, ServerSession};
@@ -148,6 +152,14 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// Tollgate patch 2: bytes of the next request are already here, so there is nothing to
+    /// wait for before building its session.
+    fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix
+            .as_ref()
+            .is_some_and(|prefix| !prefix.is_empty())
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,
@@ -176,6 +188,65 @@ impl HttpPersistentSettings {
         // so they are treated as the start of the next request.
         if let Some(prefix) = pipelined_prefix {
             session.set_pipelined_prefix(prefix);
+        }
+    }
+}
+
+/// Tollgate patch 2: waits on a kept-alive HTTP/1 connection for the first byte of its next
+/// request, and returns the request's header buffer holding it, for the new session's
+/// [`ServerSession::set_pipelined_prefix`].
+///
+/// Building the session and the app's request future only then keeps them (a few KiB of
+/// buffers and, for a proxy, a future of every phase of a request) out of the memory an idle
+/// connection holds. Reading one byte makes no extra syscall: the stream's reader (the L4
+/// read buffer, or TLS's decrypted records) keeps the rest for the session's first read, and
+/// TLS plaintext already buffered is returned without waiting on the socket.
+///
+/// `None` closes the connection: the client closed it or failed, stayed idle past the
+/// keep-alive timeout (`Some(0)` is no timeout), or the server is shutting down. A request
+/// whose first byte has arrived is served even when shutdown has begun, as the session's own
+/// read would have.
+async fn next_request_start(
+    stream: &mut Stream,
+    keepalive_timeout: Option<u64>,
+    shutdown: &ShutdownWatch,
+) -> Option<BytesMut> {
+    let mut first = [0u8; 1];
+    let read = stream.read(&mut first);
+    let idle = async {
+        match keepalive_timeout {
+            Some(secs) if secs > 0 => match timeout(Duration::from_secs(secs), read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    debug!("keepalive timeout {secs}s reached while idle");
+                    Ok(0)
+                }
+            },
+            _ => read.await,
+        }
+    };
+    let mut shutdown = shutdown.clone();
+    let shutting_down = async move {
+        if shutdown.wait_for(|down| *down).await.is_err() {
+            // no sender: this server never announces a shutdown
+            std::future::pending::<()>().await;
+        }
+    };
+    let read = tokio::select! {
+        biased;
+        read = idle => read,
+        () = shutting_down => return None,
+    };
+    match read {
+        Ok(1) => {
+            let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+            buf.extend_from_slice(&first);
+            Some(buf)
+        }
+        Ok(_) => None, // closed by the client, or idle too long
+        Err(e) => {
+            debug!("read error while idle on a kept-alive connection: {e}");
+            None
         }
     }
 }
@@ -358,10 +429,23 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // Tollgate patch 2 (vendor/README.md): an idle kept-alive connection holds only
+                // its stream until the next request starts, not a session and the app's
+                // request future.
+                let request_start = match persistent_settings.as_ref() {
+                    Some(settings) if !settings.has_pipelined_prefix() => Some(
+                        next_request_start(&mut stream, settings.keepalive_timeout, shutdown)
+                            .await?,
+                    ),
+                    _ => None,
+                };
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                if let Some(request_start) = request_start {
+                    session.set_pipelined_prefix(request_start);
                 }
 
                 result = self.process_new_http(session, shutdown).await;

@@ -26,7 +26,7 @@ use crate::utils::KVRef;
 
 pub(super) const MAX_HEADERS: usize = 256;
 
-pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
+pub(crate) const INIT_HEADER_BUF_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
