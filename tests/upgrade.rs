@@ -118,6 +118,32 @@ async fn wait_serving(https: SocketAddr, url: &str, proc: &Proc) {
     );
 }
 
+/// A `tollgate` process started as `name` on [`write_config`]'s config, already serving
+/// `url` (`/api/x` over HTTPS).
+struct Serving {
+    /// Holds the config, logs and sockets; removed on drop.
+    dir: tempfile::TempDir,
+    file: String,
+    p: Placeholders,
+    url: String,
+    proc: Proc,
+}
+
+async fn start_serving(backend: &Backend, name: &str) -> Serving {
+    let (dir, file, p) = write_config(backend);
+    let file = file.to_str().expect("utf-8 path").to_string();
+    let url = format!("https://localhost:{}/api/x", p.https.port());
+    let proc = Proc::spawn(dir.path(), name, &["-c", &file]);
+    wait_serving(p.https, &url, &proc).await;
+    Serving {
+        dir,
+        file,
+        p,
+        url,
+        proc,
+    }
+}
+
 /// How a load task talks to the edge.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -196,11 +222,13 @@ fn start_load(p: &Placeholders, load: &Arc<Load>, kinds: &[Kind]) -> Vec<JoinHan
 /// requests (time since load start, kind, error).
 async fn hand_off_under_load(kinds: &[Kind]) -> Vec<String> {
     let backend = Backend::start("b1");
-    let (dir, file, p) = write_config(&backend);
-    let file = file.to_str().expect("utf-8 path");
-    let url = format!("https://localhost:{}/api/x", p.https.port());
-    let mut old = Proc::spawn(dir.path(), "old", &["-c", file]);
-    wait_serving(p.https, &url, &old).await;
+    let Serving {
+        dir,
+        file,
+        p,
+        url,
+        proc: mut old,
+    } = start_serving(&backend, "old").await;
 
     let load = Arc::new(Load {
         t0: Instant::now(),
@@ -218,7 +246,7 @@ async fn hand_off_under_load(kinds: &[Kind]) -> Vec<String> {
     // accepting for CLOSE_TIMEOUT (5 s), then drains. The reverse order works only if the new
     // process appears within the old one's ~5 s connect retries, and is not the documented way.
     let sock = dir.path().join("upgrade.sock");
-    let mut new = Proc::spawn(dir.path(), "new", &["--upgrade", "-c", file]);
+    let mut new = Proc::spawn(dir.path(), "new", &["--upgrade", "-c", &file]);
     let bound = eventually(Duration::from_secs(10), async || sock.exists());
     assert!(bound.await, "new process never opened {}", sock.display());
     old.signal("-QUIT");
@@ -324,10 +352,13 @@ async fn upgrade_hand_off_fails_no_http1_keep_alive_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_in_flight_request_finish() {
     let backend = Backend::start("slow");
-    let (dir, file, p) = write_config(&backend);
-    let url = format!("https://localhost:{}/api/x", p.https.port());
-    let mut proc = Proc::spawn(dir.path(), "edge", &["-c", file.to_str().expect("utf-8")]);
-    wait_serving(p.https, &url, &proc).await;
+    let Serving {
+        dir: _dir,
+        p,
+        url,
+        mut proc,
+        ..
+    } = start_serving(&backend, "edge").await;
     backend.set_mode(Mode::Delay(Duration::from_secs(1)));
 
     let before = backend.requests();
@@ -351,4 +382,36 @@ async fn sigterm_lets_in_flight_request_finish() {
         proc.log()
     );
     eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+}
+
+/// sigterm-closes-idle: a keep-alive connection idle at SIGTERM is closed during the drain,
+/// while the edge still runs, not left open until the process exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_idle_keep_alive_connection_while_draining() {
+    let backend = Backend::start("b1");
+    let Serving {
+        dir: _dir,
+        p,
+        mut proc,
+        ..
+    } = start_serving(&backend, "edge").await;
+    let http = p.http;
+    let checked = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut client = common::raw::KeepAlive::new(http);
+        assert_eq!(client.get("/api/x").map(|r| r.status()), Some(200));
+        proc.signal("-TERM");
+        let mut rest = Vec::new();
+        let read = client.reader.read_to_end(&mut rest);
+        assert!(
+            matches!(read, Ok(0)),
+            "idle connection not closed: {read:?}"
+        );
+        // The drain (DRAIN) outlasts the connection's close by far more than this.
+        std::thread::sleep(Duration::from_millis(300));
+        let running = proc.child.try_wait().expect("try_wait").is_none();
+        (running, proc)
+    });
+    let (running, proc) = checked.await.expect("join");
+    assert!(running, "closed only by the exit; log:\n{}", proc.log());
 }
