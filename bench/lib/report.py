@@ -249,7 +249,7 @@ def color_of(t, targets):
 
 
 def write_markdown(path, meta, runs, mem, tls, summary):
-    targets = targets_in(runs)
+    targets = targets_in(runs + mem)
     scenarios = [s for s in ORDER if any(r["scenario"] == s for r in runs)]
     proxies = [t for t in targets if t != "direct"]
     refs = [r for r in ("nginx", "haproxy") if r in targets] or ["tollgate"]
@@ -371,7 +371,7 @@ def esc(s):
 
 
 def write_svg(path, meta, runs, mem, summary):
-    targets = targets_in(runs)
+    targets = targets_in(runs + mem)
     proxies = [t for t in targets if t != "direct"]
     panels = []
     for s in ["plain", "https", "h2", "handshake", "1m"]:
