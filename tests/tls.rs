@@ -345,3 +345,42 @@ async fn http2_disabled_listener_speaks_http11() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
 }
+
+/// The request-header deadline (2s here) is HTTP/1's: an HTTP/2 connection that sent its
+/// preface and then nothing for longer stays open (HTTP/2 has its own limits).
+#[test]
+fn http2_connection_is_not_cut_off_by_the_header_deadline() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    let config = client_config(rustls::ALL_VERSIONS, &[b"h2"]);
+    let mut tls = handshake(edge.https, config, "localhost");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // The client preface: the magic, then an empty SETTINGS frame.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("preface");
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut acked = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        let mut buf = [0u8; 1024];
+        match tls.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                // The server's SETTINGS: acknowledge them once, as a client must.
+                if !acked {
+                    tls.write_all(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+                        .expect("settings ack");
+                    acked = true;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("closed after {:?}: {other:?}", started.elapsed()),
+        }
+    }
+    assert!(acked, "no SETTINGS from the server");
+}

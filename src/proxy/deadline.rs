@@ -11,16 +11,17 @@
 //!   finds a header overdue. It wakes at the due time of the header being waited for, or, with
 //!   none, one header timeout later: no header that starts afterwards can be due sooner.
 //!
-//! The deadline runs from when the request starts: the connection's start for its first
-//! request, the first byte of the request on a kept-alive connection. Between requests a
-//! kept-alive connection is idle, bounded by the keep-alive timeout, and Pingora starts the
-//! next request (this wrapper included) only once its first byte arrives (vendor/README.md,
-//! pingora-core patch 2), as nginx's `client_header_timeout` follows `keepalive_timeout`.
+//! The deadline runs from the connection's start for its first request, and from the first
+//! byte of the request on a kept-alive connection: between requests a kept-alive connection
+//! is idle, bounded by the keep-alive timeout, as nginx's `client_header_timeout` follows
+//! `keepalive_timeout`. Pingora calls the request level only once a request's first byte
+//! has arrived (vendor/README.md, pingora-core patch 2), so the connection level sets the
+//! first request's due time, and the request level sets one only when none is pending.
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +41,14 @@ impl Due {
     fn set(&self, at: Option<Instant>) {
         if let Ok(mut due) = self.0.lock() {
             *due = at;
+        }
+    }
+
+    /// Sets `at` unless a due time is already pending (the first request's, from the
+    /// connection's start).
+    fn set_if_none(&self, at: Instant) {
+        if let Ok(mut due) = self.0.lock() {
+            due.get_or_insert(at);
         }
     }
 
@@ -84,7 +93,14 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // An HTTP/2 connection's streams arrive with their headers parsed (h2 has its own
+        // limits); every other connection here is HTTP/1 (Tollgate enables no h2c), whose
+        // first header is due from now.
+        let http2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let due = Arc::new(Due::default());
+        if !http2 {
+            due.set(Some(Instant::now() + self.header_timeout));
+        }
         let connection = DUE.scope(due.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(connection);
         let check = tokio::time::sleep(self.header_timeout);
@@ -140,7 +156,7 @@ where
         // h2 streams arrive with their header already parsed; the h2 layer has its own limits.
         if !session.is_http2() {
             let due = Instant::now() + self.header_timeout;
-            let _ = DUE.try_with(|slot| slot.set(Some(due)));
+            let _ = DUE.try_with(|slot| slot.set_if_none(due));
         }
         self.inner.process_new_http(session, shutdown)
     }

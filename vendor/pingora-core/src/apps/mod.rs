@@ -192,9 +192,9 @@ impl HttpPersistentSettings {
     }
 }
 
-/// Tollgate patch 2: waits on a kept-alive HTTP/1 connection for the first byte of its next
-/// request, and returns the request's header buffer holding it, for the new session's
-/// [`ServerSession::set_pipelined_prefix`].
+/// Tollgate patch 2: waits on an HTTP/1 connection, new or kept alive, for the first byte of
+/// its next request, and returns the request's header buffer holding it, for the new
+/// session's [`ServerSession::set_pipelined_prefix`].
 ///
 /// Building the session and the app's request future only then keeps them (a few KiB of
 /// buffers and, for a proxy, a future of every phase of a request) out of the memory an idle
@@ -202,8 +202,8 @@ impl HttpPersistentSettings {
 /// read buffer, or TLS's decrypted records) keeps the rest for the session's first read, and
 /// TLS plaintext already buffered is returned without waiting on the socket.
 ///
-/// `None` closes the connection: the client closed it or failed, stayed idle past the
-/// keep-alive timeout (`Some(0)` is no timeout), or the server is shutting down. A request
+/// `None` closes the connection: the client closed it or failed, stayed idle past
+/// `keepalive_timeout` (`Some(0)` or `None`: no timeout), or the server is shutting down. A request
 /// whose first byte has arrived is served even when shutdown has begun, as the session's own
 /// read would have.
 async fn next_request_start(
@@ -415,7 +415,12 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            // Tollgate patch 2: the first request is waited for like the next ones. Its first
+            // read was bounded by 60 s either way (the keep-alive timeout set below, or the
+            // session's default read timeout once shutting down).
+            let request_start = next_request_start(&mut stream, Some(60), shutdown).await?;
             let mut session = ServerSession::new_http1(stream);
+            session.set_pipelined_prefix(request_start);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
