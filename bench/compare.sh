@@ -24,6 +24,7 @@
 #   --latency-rate R        offered load of the latency scenario (default: 50% of the lowest
 #                           HTTPS keep-alive max among the proxies in round 1, for all rounds)
 #   --mem-conns N           idle connections for the memory test (default 10000)
+#   --mem-requests N        requests each makes before idling (default 1; 0: TLS handshake only)
 #   --out NAME              results file stem in bench/results/ (default latest)
 #   --title TEXT            heading of the results file
 #   --serve                 start backends and targets, print their ports, wait (Ctrl-C stops);
@@ -42,6 +43,7 @@ RESULTS=$BENCH/results
 ROUNDS=3
 DUR=8
 MEM_CONNS=10000
+MEM_REQUESTS=1
 SCENARIOS=plain,https,h2,handshake,1m,latency,memory
 TARGETS=""
 OUT=latest
@@ -66,6 +68,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --latency-rate) LATENCY_RATE=$2; shift ;;
     --mem-conns) MEM_CONNS=$2; shift ;;
+    --mem-requests) MEM_REQUESTS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --title) TITLE=$2; shift ;;
     --serve) SERVE=1 ;;
@@ -333,7 +336,7 @@ memory() { # target
   sleep 1
   local r0 r1 held
   r0=$(rss_kib "${pids[@]}")
-  taskset -c 0 "$LOADGEN" idle "https://127.0.0.1:${HTTPS[$t]}/" --conns "$MEM_CONNS" --parallel 100 \
+  taskset -c 0 "$LOADGEN" idle "https://127.0.0.1:${HTTPS[$t]}/" --conns "$MEM_CONNS" --requests "$MEM_REQUESTS" --parallel 100 \
     --hold 300 --ready-file "$ready" --ca "$CERTS/ca.pem" > "$RAW/memory-$t.out" 2>&1 &
   local lg=$!
   local i=0
@@ -408,7 +411,7 @@ done
 
 for s in "${SCENARIO_LIST[@]}"; do
   [ "$s" = memory ] || continue
-  log "memory: $MEM_CONNS idle HTTPS keep-alive connections per proxy"
+  log "memory: $MEM_CONNS idle HTTPS keep-alive connections per proxy, $MEM_REQUESTS request(s) each"
   for t in "${TARGET_LIST[@]}"; do
     [ "${KIND[$t]}" = direct ] || memory "$t"
   done

@@ -15,10 +15,11 @@
 //!   verification (the server still does its whole handshake: ECDHE + ECDSA signature).
 //!   Latency is connect + handshake + request + response. Prints one JSON line.
 //!
-//! `tg-loadgen idle URL --conns N [--parallel P] [--hold S] [--ready-file F] [--ca FILE]`
-//!   Opens N keep-alive connections, sends one GET on each (so every connection has served a
-//!   request, like a real idle keep-alive client), writes "N_ok" to F, and holds them until
-//!   S seconds passed or F.release exists. Used for the per-connection memory figure.
+//! `tg-loadgen idle URL --conns N [--requests R] [--parallel P] [--hold S] [--ready-file F] [--ca FILE]`
+//!   Opens N keep-alive connections, sends R GETs on each (default 1, so every connection has
+//!   served a request, like a real idle keep-alive client; 0: connected and, over TLS, through
+//!   the handshake only, like a preconnected one), writes "N_ok" to F, and holds them until S
+//!   seconds passed or F.release exists. Used for the per-connection memory figure.
 //!
 //! One thread (current-thread tokio runtime); pin it with taskset.
 
@@ -248,6 +249,7 @@ struct Args {
     rate: f64,
     duration: f64,
     conns: usize,
+    requests: usize,
     parallel: usize,
     hold: f64,
     ready_file: Option<String>,
@@ -267,6 +269,7 @@ fn parse_args() -> Result<Args, String> {
         rate: 1000.0,
         duration: 10.0,
         conns: 50,
+        requests: 1,
         parallel: 100,
         hold: 30.0,
         ready_file: None,
@@ -280,6 +283,7 @@ fn parse_args() -> Result<Args, String> {
             "--rate" => a.rate = num(&v)?,
             "--duration" => a.duration = num(&v)?,
             "--conns" => a.conns = num(&v)? as usize,
+            "--requests" => a.requests = num(&v)? as usize,
             "--parallel" => a.parallel = num(&v)? as usize,
             "--hold" => a.hold = num(&v)?,
             "--ready-file" => a.ready_file = Some(v),
@@ -473,9 +477,12 @@ async fn idle(a: &Args, target: Arc<Target>) -> io::Result<()> {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..batch {
             let target = target.clone();
+            let requests = a.requests;
             set.spawn(async move {
                 let mut c = target.connect().await?;
-                c.get(&target.request).await?;
+                for _ in 0..requests {
+                    c.get(&target.request).await?;
+                }
                 Ok::<Client, io::Error>(c)
             });
         }
