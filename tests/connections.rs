@@ -75,12 +75,9 @@ fn slowloris_is_disconnected_by_header_deadline() {
 fn slowloris_on_a_reused_connection_is_cut_off_a_header_timeout_after_its_first_byte() {
     let b = Backend::start("b1");
     let edge = start_with_server("keepalive_timeout: 5s", &api(&b, ""));
-    let mut tcp = connect(edge.http);
-    tcp.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("write");
-    let mut reader = BufReader::new(tcp);
-    assert_eq!(read_response(&mut reader).expect("response").status(), 200);
-    let mut tcp = reader.into_inner();
+    let mut client = KeepAlive::new(edge.http);
+    assert_eq!(client.get("/api/x").expect("response").status(), 200);
+    let mut tcp = client.reader.into_inner();
     std::thread::sleep(Duration::from_millis(1500));
     let started = Instant::now();
     tcp.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
@@ -191,17 +188,12 @@ fn http10_keepalive_is_honoured_when_asked() {
 fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     let b = Backend::start("b1");
     let edge = start_with_server("keepalive_timeout: 1s", &api(&b, ""));
-    let tcp = connect(edge.http);
-    let mut writer = tcp.try_clone().expect("clone");
-    let mut reader = BufReader::new(tcp);
-    writer
-        .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("write");
-    let resp = read_response(&mut reader).expect("response");
+    let mut client = KeepAlive::new(edge.http);
+    let resp = client.get("/api/x").expect("response");
     assert_eq!(resp.status(), 200);
     let idle = Instant::now();
     let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
+    let _ = client.reader.read_to_end(&mut rest);
     let waited = idle.elapsed();
     assert!(rest.is_empty());
     assert!(
