@@ -7,11 +7,11 @@
 //! the task is cancelled at shutdown.
 //!
 //! When the listeners stop (after a `SIGQUIT` hand-off's close timeout, or on `SIGTERM`),
-//! Pingora's proxy drops every HTTP/1 connection still waiting for a request header, and sends
-//! HTTP/2 connections a GOAWAY, including a connection accepted a moment earlier whose request
-//! is on its way. Both are therefore delayed by `drain_delay`: `cleanup` (which triggers the
-//! HTTP/1 drop) waits, and the HTTP layer gets a shutdown signal that fires that much later
-//! than the server's. Connections already accepted get that long to deliver their request,
+//! Pingora drops every HTTP/1 connection still waiting for a request (its keep-alive loop on
+//! the shutdown signal it is given, the proxy on `cleanup` for a header already started), and
+//! sends HTTP/2 connections a GOAWAY, including a connection accepted a moment earlier whose
+//! request is on its way. All are therefore delayed by `drain_delay`: the HTTP layer gets a
+//! shutdown signal that fires that much later than the server's, and `cleanup` waits as long. Connections already accepted get that long to deliver their request,
 //! which is answered with `Connection: close` (see `drain.rs`).
 
 use crate::metrics::Metrics;

@@ -4,19 +4,20 @@
 //! byte every few seconds (slowloris) holds a connection forever. Two wrappers enforce a
 //! deadline for the whole header without a timer per request:
 //!
-//! - [`HeaderDeadline`] (per HTTP/1 request) writes when the header is due into the
-//!   connection's `Due` slot, found through a task-local;
+//! - [`ConnectionDeadline`] (per connection) makes the connection's `Due` slot, found through a
+//!   task-local, and writes into it when the first request's header is due: one header
+//!   timeout after the connection's start (HTTP/1 only);
+//! - [`HeaderDeadline`] (per HTTP/1 request, which Pingora starts at the request's first byte:
+//!   vendor/README.md, pingora-core patch 2) writes when its header is due, one header timeout
+//!   later, unless a due time is pending: the first request keeps the connection's;
 //! - the proxy clears the slot once the header is parsed ([`header_read`]);
-//! - [`ConnectionDeadline`] (per connection) keeps one timer and closes the connection if it
-//!   finds a header overdue. It wakes at the due time of the header being waited for, or, with
-//!   none, one header timeout later: no header that starts afterwards can be due sooner.
+//! - [`ConnectionDeadline`] keeps one timer and closes the connection if it finds a header
+//!   overdue. It wakes at the due time of the header being waited for, or, with none, one
+//!   header timeout later: no header that starts afterwards can be due sooner.
 //!
-//! The deadline runs from the connection's start for its first request, and from the first
-//! byte of the request on a kept-alive connection: between requests a kept-alive connection
-//! is idle, bounded by the keep-alive timeout, as nginx's `client_header_timeout` follows
-//! `keepalive_timeout`. Pingora calls the request level only once a request's first byte
-//! has arrived (vendor/README.md, pingora-core patch 2), so the connection level sets the
-//! first request's due time, and the request level sets one only when none is pending.
+//! So between requests a kept-alive connection is idle, bounded by the keep-alive timeout, and
+//! the next header is due one header timeout after its first byte, as nginx's
+//! `client_header_timeout` follows `keepalive_timeout`.
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
