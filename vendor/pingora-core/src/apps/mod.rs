@@ -192,6 +192,10 @@ impl HttpPersistentSettings {
     }
 }
 
+/// The keep-alive timeout of a new HTTP/1 connection, in seconds (Tollgate patch 2 names it:
+/// the wait for the first request shares it).
+const DEFAULT_KEEPALIVE_SECS: u64 = 60;
+
 /// Tollgate patch 2: waits on an HTTP/1 connection, new or kept alive, for the first byte of
 /// its next request, and returns the request's header buffer holding it, for the new
 /// session's [`ServerSession::set_pipelined_prefix`].
@@ -415,10 +419,11 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            // Tollgate patch 2: the first request is waited for like the next ones. Its first
-            // read was bounded by 60 s either way (the keep-alive timeout set below, or the
-            // session's default read timeout once shutting down).
-            let request_start = next_request_start(&mut stream, Some(60), shutdown).await?;
+            // Tollgate patch 2: the first request is waited for like the next ones, as long as
+            // its first read waited: the keep-alive timeout set below (or, once shutting down,
+            // the session's default read timeout, as long).
+            let request_start =
+                next_request_start(&mut stream, Some(DEFAULT_KEEPALIVE_SECS), shutdown).await?;
             let mut session = ServerSession::new_http1(stream);
             session.set_pipelined_prefix(request_start);
             if *shutdown.borrow() {
@@ -426,7 +431,7 @@ where
                 session.set_keepalive(None);
             } else {
                 // default 60s
-                session.set_keepalive(Some(60));
+                session.set_keepalive(Some(DEFAULT_KEEPALIVE_SECS));
             }
             session.set_keepalive_reuses_remaining(
                 self.server_options()
