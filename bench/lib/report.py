@@ -323,6 +323,12 @@ def write_markdown(path, meta, runs, mem, tls, summary):
         L.append(f"## {SCENARIO_TITLES.get(s, s)}\n")
         L.append(f"`{SCENARIO_TOOLS.get(s, '').format(d=meta['duration_s'])}`\n")
         if s == "latency":
+            if meta.get("cores_awake_for_latency"):
+                L.append("Idle cores poll instead of halting during these runs "
+                         "(`/dev/cpu_dma_latency` held at 0).\n")
+            elif "cores_awake_for_latency" in meta:
+                L.append("Idle cores halt during these runs (`/dev/cpu_dma_latency` not writable): "
+                         "on a VM, waking a halted vCPU adds ~100 µs to each hop.\n")
             L.append("| target | offered req/s | achieved req/s | p50 | p99 | p99.9 | errors | "
                      "CPU-µs/req | RSS MiB | per round: p99 @ offered req/s (others on core 1) |")
             L.append("|---|---|---|---|---|---|---|---|---|---|")
