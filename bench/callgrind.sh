@@ -7,7 +7,7 @@
 # Pingora's that cost the most instructions per request, inclusive.
 #
 #   bench/callgrind.sh [--requests N] [--targets LIST] [--scenarios plain,https,h2]
-#                      [--variant NAME=BIN...] [--tollgate-bin PATH] [--no-build] [--out NAME]
+#                      [--variant NAME=BIN...] [--tollgate-bin PATH] [--no-build] [--no-pgo] [--out NAME]
 #
 # Each target serves under `valgrind --tool=callgrind` (compare.sh --serve with PROXY_WRAP);
 # after a warm-up its counters are zeroed, N requests run (h2load, 50 connections; h2: 10
@@ -30,6 +30,7 @@ while [ $# -gt 0 ]; do
     --variant) ARGS+=(--variant "$2"); shift ;;
     --tollgate-bin) ARGS+=(--tollgate-bin "$2"); shift ;;
     --no-build) ARGS+=(--no-build) ;;
+    --no-pgo) ARGS+=(--no-pgo) ;;
     --out) OUT=$2; shift ;;
     *) echo "callgrind.sh: unknown option $1" >&2; exit 2 ;;
   esac

@@ -20,7 +20,10 @@
 #                           an extra Tollgate target (A/B runs; conf: another config template
 #                           than bench/conf/tollgate.yaml, with the same placeholders); repeatable
 #   --tollgate-bin PATH     use this binary for the `tollgate` target instead of building
-#   --no-build              do not run cargo build (the binary must exist)
+#   --no-pgo                measure a plain `cargo build --release` binary (target/release)
+#                           instead of the profile-guided one scripts/build-pgo.sh builds
+#                           (target/pgo/tollgate), which is the build Tollgate ships as
+#   --no-build              do not build (the binaries must exist)
 #   --latency-rate R        offered load of the latency scenario (default: 50% of the lowest
 #                           HTTPS keep-alive max among the proxies in round 1, for all rounds)
 #   --mem-conns N           idle connections for the memory test (default 10000)
@@ -50,6 +53,7 @@ OUT=latest
 TITLE="Tollgate vs nginx vs HAProxy"
 TOLLGATE_BIN=${TOLLGATE_BIN:-}
 BUILD=1
+PGO=1
 LATENCY_RATE=""
 VARIANTS=()
 QUICK=0
@@ -66,6 +70,7 @@ while [ $# -gt 0 ]; do
     --variant) VARIANTS+=("$2"); shift ;;
     --tollgate-bin) TOLLGATE_BIN=$2; shift ;;
     --no-build) BUILD=0 ;;
+    --no-pgo) PGO=0 ;;
     --latency-rate) LATENCY_RATE=$2; shift ;;
     --mem-conns) MEM_CONNS=$2; shift ;;
     --mem-requests) MEM_REQUESTS=$2; shift ;;
@@ -98,7 +103,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" -ge $((MEM_CONNS + 1000)) ] || die "open files limit $(ulimit -n) too low for --mem-conns $MEM_CONNS"
 
 # --- builds --------------------------------------------------------------------------------
-if [ -z "$TOLLGATE_BIN" ]; then
+if [ -z "$TOLLGATE_BIN" ] && [ "$PGO" = 1 ]; then
+  TOLLGATE_BIN=$REPO/target/pgo/tollgate
+  if [ "$BUILD" = 1 ]; then
+    log "scripts/build-pgo.sh (instrumented build, training run, optimized build: ~15 min)"
+    "$REPO/scripts/build-pgo.sh" || die "PGO build failed"
+  fi
+elif [ -z "$TOLLGATE_BIN" ]; then
   TOLLGATE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/tollgate
   if [ "$BUILD" = 1 ]; then
     log "cargo build --release --workspace (fat LTO; minutes when the source changed)"

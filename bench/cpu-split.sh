@@ -5,7 +5,7 @@
 # rounds, medians. Written to bench/results/cpu-split.md.
 #
 #   bench/cpu-split.sh [--rounds N] [--duration S] [--targets LIST] [--scenarios plain,https]
-#                      [--tollgate-bin PATH] [--no-build]
+#                      [--tollgate-bin PATH] [--no-build] [--no-pgo]
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 WORK=${BENCH_WORK:-/tmp/tollgate-bench}
@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=$2; shift ;;
     --tollgate-bin) ARGS+=(--tollgate-bin "$2"); shift ;;
     --no-build) ARGS+=(--no-build) ;;
+    --no-pgo) ARGS+=(--no-pgo) ;;
     *) echo "cpu-split.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift

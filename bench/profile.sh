@@ -4,7 +4,7 @@
 # bench/results/profile.md: top self-time symbols, self time by component, and inclusive time
 # of Tollgate's own phases.
 #
-#   bench/profile.sh [--duration S] [--tollgate-bin PATH] [--no-build] [--scenario plain|https]
+#   bench/profile.sh [--duration S] [--tollgate-bin PATH] [--no-build] [--no-pgo] [--scenario plain|https]
 #
 # Two recordings of the same load: `perf record -e cpu-clock -g` (frame pointers; the self-time
 # table) and `--call-graph dwarf` (the inclusive cost of each ProxyHttp phase, as Rust code here
@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
     --scenario) SCEN=$2; shift ;;
     --tollgate-bin) ARGS+=(--tollgate-bin "$2"); shift ;;
     --no-build) ARGS+=(--no-build) ;;
+    --no-pgo) ARGS+=(--no-pgo) ;;
     *) echo "profile.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift

@@ -4,7 +4,7 @@
 # strace slows the proxy a lot; the counts per request of read/write/send/recv stay meaningful,
 # the epoll_wait count per request does not (a slower server batches more events per wait).
 #
-#   bench/syscalls.sh [--requests N] [--tollgate-bin PATH] [--no-build] [--targets LIST]
+#   bench/syscalls.sh [--requests N] [--tollgate-bin PATH] [--no-build] [--no-pgo] [--targets LIST]
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 WORK=${BENCH_WORK:-/tmp/tollgate-bench}
@@ -17,6 +17,7 @@ while [ $# -gt 0 ]; do
     --targets) TARGETS=$2; shift ;;
     --tollgate-bin) ARGS+=(--tollgate-bin "$2"); shift ;;
     --no-build) ARGS+=(--no-build) ;;
+    --no-pgo) ARGS+=(--no-pgo) ;;
     *) echo "syscalls.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
