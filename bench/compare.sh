@@ -22,7 +22,7 @@
 #   --tollgate-bin PATH     use this binary for the `tollgate` target instead of building
 #   --no-pgo                measure a plain `cargo build --release` binary (target/release)
 #                           instead of the profile-guided one scripts/build-pgo.sh builds
-#                           (target/pgo/tollgate), which is the build Tollgate ships as
+#                           (target/pgo/tollgate), the build the README says to deploy
 #   --no-build              do not build (the binaries must exist)
 #   --latency-rate R        offered load of the latency scenario (default: 50% of the lowest
 #                           HTTPS keep-alive max among the proxies in round 1, for all rounds)
