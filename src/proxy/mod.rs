@@ -346,7 +346,7 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header(&names::X_REQUEST_ID, ctx.request.id.header())?;
+        resp.insert_header(&names::X_REQUEST_ID, never_indexed(ctx.request.id.header()))?;
         if self.draining.is_set() {
             session.set_keepalive(None);
         }
@@ -354,7 +354,9 @@ impl ProxyHttp for Tollgate {
             // Moved, not copied: the response header is written once.
             let headers = std::mem::take(&mut ctx.limit_headers);
             resp.insert_header(&names::RATELIMIT_POLICY, headers.policy)?;
-            resp.insert_header(&names::RATELIMIT, headers.ratelimit)?;
+            let ratelimit = HeaderValue::try_from(headers.ratelimit)
+                .explain_err(ErrorType::InvalidHTTPHeader, |_| "RateLimit header")?;
+            resp.insert_header(&names::RATELIMIT, never_indexed(ratelimit))?;
         }
         Ok(())
     }
@@ -522,6 +524,16 @@ impl Tollgate {
 }
 
 /// The size of a request header as HTTP/1.1 would carry it: request line and fields.
+/// Marks a response header value that differs on every response (the request id, the
+/// remaining quota) as never indexed. HTTP/1 ignores the mark; HTTP/2's HPACK encoder then
+/// sends it as a literal instead of inserting it into the connection's dynamic table, where it
+/// would never be referenced again and would only evict entries that repeat (and each
+/// insertion costs the encoder and the client's decoder an eviction).
+fn never_indexed(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
 fn header_size(req: &RequestHeader) -> usize {
     const LINE: usize = " HTTP/1.1\r\n".len() + 1;
     let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
