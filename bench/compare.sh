@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tollgate vs nginx vs HAProxy (+ a direct-to-backend baseline), side by side on one machine.
 #
-#   bench/compare.sh            default: 3 interleaved rounds x 6 scenarios, 8 s runs (~13 min)
+#   bench/compare.sh            default: 3 interleaved rounds x 6 scenarios, 8 s runs (~13 min,
+#                               + ~15 min for the PGO build unless --no-build or --no-pgo)
 #   bench/compare.sh --quick    1 round, 4 s runs, 2,000 idle connections (~3 min)
 #
 # Proxies run pinned to core 1 (taskset -c 1), one worker/thread each; the load generators and
