@@ -59,8 +59,8 @@ wrk -t1 -c50 -d"${SECS}s" "$https/" > /dev/null
 h2load -t1 -c10 -m10 -D "$SECS" "$https/" > /dev/null
 "$LOADGEN" conn "$https/" --duration "$SECS" --conns 20 > /dev/null
 wrk -t1 -c10 -d"${SECS}s" "$http/1m" > /dev/null
-# The profile is written when the process exits: SIGINT is Pingora's fast shutdown, which
-# ends in exit(3) (compare.sh's own stop would SIGKILL it a second after SIGTERM's drain starts).
+# The profile is written when the process exits: SIGINT is Pingora's fast shutdown, which ends
+# in `std::process::exit` (compare.sh's own stop SIGKILLs a second after SIGTERM starts a drain).
 pid=$(served tollgate pid)
 kill -INT "$pid"
 for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

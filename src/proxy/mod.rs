@@ -346,7 +346,10 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header(&names::X_REQUEST_ID, never_indexed(ctx.request.id.header()))?;
+        resp.insert_header(
+            &names::X_REQUEST_ID,
+            names::never_indexed(ctx.request.id.header()),
+        )?;
         if self.draining.is_set() {
             session.set_keepalive(None);
         }
@@ -356,7 +359,7 @@ impl ProxyHttp for Tollgate {
             resp.insert_header(&names::RATELIMIT_POLICY, headers.policy)?;
             let ratelimit = HeaderValue::try_from(headers.ratelimit)
                 .explain_err(ErrorType::InvalidHTTPHeader, |_| "RateLimit header")?;
-            resp.insert_header(&names::RATELIMIT, never_indexed(ratelimit))?;
+            resp.insert_header(&names::RATELIMIT, names::never_indexed(ratelimit))?;
         }
         Ok(())
     }
@@ -451,7 +454,7 @@ impl Tollgate {
         route: &Route,
         refusal: gate::Refusal,
     ) -> Result<bool> {
-        let mut extra: Vec<(&StaticHeaderName, String)> = Vec::new();
+        let mut extra: Vec<(&StaticHeaderName, HeaderValue)> = Vec::new();
         let (code, message) = match refusal {
             gate::Refusal::Unauthorized(e) => (401, e.to_string()),
             gate::Refusal::NoRegistry => {
@@ -463,15 +466,23 @@ impl Tollgate {
                 (503, "client registry unavailable".to_string())
             }
             gate::Refusal::Limited { retry_after_secs } => {
-                extra.push((&names::RETRY_AFTER, retry_after_secs.to_string()));
+                extra.push((&names::RETRY_AFTER, HeaderValue::from(retry_after_secs)));
                 (429, "rate limit exceeded".to_string())
             }
         };
         if !ctx.limit_headers.is_empty() {
-            extra.push((&names::RATELIMIT_POLICY, ctx.limit_headers.policy.clone()));
-            extra.push((&names::RATELIMIT, ctx.limit_headers.ratelimit.clone()));
+            let headers = &ctx.limit_headers;
+            let value = |v: &str| {
+                HeaderValue::from_str(v)
+                    .explain_err(ErrorType::InvalidHTTPHeader, |_| "RateLimit header")
+            };
+            extra.push((&names::RATELIMIT_POLICY, value(&headers.policy)?));
+            extra.push((
+                &names::RATELIMIT,
+                names::never_indexed(value(&headers.ratelimit)?),
+            ));
         }
-        respond::write_error_with(session, code, &message, ctx.request.id.as_str(), &extra).await?;
+        respond::write_error_with(session, code, &message, ctx.request.id.as_str(), extra).await?;
         Ok(true)
     }
 
@@ -524,16 +535,6 @@ impl Tollgate {
 }
 
 /// The size of a request header as HTTP/1.1 would carry it: request line and fields.
-/// Marks a response header value that differs on every response (the request id, the
-/// remaining quota) as never indexed. HTTP/1 ignores the mark; HTTP/2's HPACK encoder then
-/// sends it as a literal instead of inserting it into the connection's dynamic table, where it
-/// would never be referenced again and would only evict entries that repeat (and each
-/// insertion costs the encoder and the client's decoder an eviction).
-fn never_indexed(mut value: HeaderValue) -> HeaderValue {
-    value.set_sensitive(true);
-    value
-}
-
 fn header_size(req: &RequestHeader) -> usize {
     const LINE: usize = " HTTP/1.1\r\n".len() + 1;
     let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());

@@ -5,6 +5,7 @@
 //! A [`StaticHeaderName`] (a patch to Pingora's header types, vendor/README.md) is inserted as
 //! is, and sent in the conventional case on HTTP/1.
 
+use http::HeaderValue;
 use pingora::http::StaticHeaderName;
 
 pub static X_FORWARDED_FOR: StaticHeaderName =
@@ -19,6 +20,16 @@ pub static RATELIMIT_POLICY: StaticHeaderName =
     StaticHeaderName::new("ratelimit-policy", "RateLimit-Policy");
 pub static RATELIMIT: StaticHeaderName = StaticHeaderName::new("ratelimit", "RateLimit");
 pub static RETRY_AFTER: StaticHeaderName = StaticHeaderName::new("retry-after", "Retry-After");
+
+/// Marks a response header value that differs on every response (the request id, the
+/// remaining quota) as never indexed. HTTP/1 ignores the mark; HTTP/2's HPACK encoder then
+/// sends it as a literal instead of inserting it into the connection's dynamic table, where it
+/// would never be referenced again and would only evict entries that repeat (each insertion
+/// also costs the client's decoder an eviction).
+pub fn never_indexed(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
 
 #[cfg(test)]
 mod tests {

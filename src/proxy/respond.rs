@@ -6,9 +6,10 @@
 
 use super::names;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{ResponseHeader, StaticHeaderName};
+use pingora::prelude::*;
 use pingora::proxy::Session;
-use pingora::Result;
 
 /// The JSON body for an error response.
 pub fn error_body(code: u16, message: &str) -> Bytes {
@@ -38,7 +39,9 @@ pub fn error_header(code: u16, len: usize, request_id: &str) -> Result<ResponseH
     resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if !request_id.is_empty() {
-        resp.insert_header(&names::X_REQUEST_ID, request_id)?;
+        let id = HeaderValue::from_str(request_id)
+            .explain_err(ErrorType::InvalidHTTPHeader, |_| "request id")?;
+        resp.insert_header(&names::X_REQUEST_ID, names::never_indexed(id))?;
     }
     Ok(resp)
 }
@@ -50,7 +53,7 @@ pub async fn write_error(
     message: &str,
     request_id: &str,
 ) -> Result<()> {
-    write_error_with(session, code, message, request_id, &[]).await
+    write_error_with(session, code, message, request_id, Vec::new()).await
 }
 
 /// Writes a complete JSON error response with extra headers (`Retry-After`, `RateLimit`...).
@@ -59,12 +62,12 @@ pub async fn write_error_with(
     code: u16,
     message: &str,
     request_id: &str,
-    extra: &[(&StaticHeaderName, String)],
+    extra: Vec<(&StaticHeaderName, HeaderValue)>,
 ) -> Result<()> {
     let body = error_body(code, message);
     let mut resp = error_header(code, body.len(), request_id)?;
     for (name, value) in extra {
-        resp.insert_header(*name, value.as_str())?;
+        resp.insert_header(name, value)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
