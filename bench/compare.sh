@@ -108,7 +108,7 @@ if [ -z "$TOLLGATE_BIN" ] && [ "$PGO" = 1 ]; then
   TOLLGATE_BIN=$REPO/target/pgo/tollgate
   if [ "$BUILD" = 1 ]; then
     log "scripts/build-pgo.sh (instrumented build, training run, optimized build: ~15 min)"
-    "$REPO/scripts/build-pgo.sh" || die "PGO build failed"
+    "$REPO/scripts/build-pgo.sh" || die "PGO build failed (--no-pgo measures a plain release build)"
   fi
 elif [ -z "$TOLLGATE_BIN" ]; then
   TOLLGATE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/tollgate

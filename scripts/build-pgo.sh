@@ -2,12 +2,14 @@
 # Profile-guided release build of Tollgate (PGO).
 #
 #   scripts/build-pgo.sh            builds target/pgo/tollgate (about three release builds' time)
+#   PGO_SECS=10 scripts/build-pgo.sh   trains 10 s per request path instead of 4
 #
 # 1. builds an instrumented release binary (`-Cprofile-generate`);
 # 2. serves it with bench/compare.sh's Tollgate config (rate limit, breaker, health checks,
 #    access log) in front of the bench backends, and drives the request paths an edge serves:
 #    plaintext and HTTPS keep-alive, HTTP/2, a new TLS connection per request, 1 MiB bodies;
-# 3. merges the profile with the llvm-profdata of rustc's own LLVM version (apt: llvm-N);
+# 3. merges the profile with an llvm-profdata of rustc's own LLVM version (rustup's llvm-tools,
+#    or apt's llvm-N, installed when neither is there);
 # 4. rebuilds with `-Cprofile-use`, so LLVM lays out and inlines the hot path by what it measured.
 #
 # Release profile as Cargo.toml's (fat LTO, one codegen unit). The profile lands in
@@ -27,13 +29,18 @@ die() { log "error: $*"; exit 1; }
 
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-PROFDATA=llvm-profdata-$LLVM_MAJOR
-if ! command -v "$PROFDATA" >/dev/null; then
-  log "installing llvm-$LLVM_MAJOR for $PROFDATA (apt; rustc uses LLVM $LLVM_MAJOR)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q "llvm-$LLVM_MAJOR" >/dev/null 2>&1 || {
-    apt-get update -q >/dev/null && apt-get install -y -q "llvm-$LLVM_MAJOR" >/dev/null
-  } || die "cannot install llvm-$LLVM_MAJOR"
+# llvm-profdata must read what rustc's LLVM writes: rustup's own (`rustup component add
+# llvm-tools`) when present, else Debian's llvm-N of the same major version.
+PROFDATA=$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata
+if [ ! -x "$PROFDATA" ]; then
+  PROFDATA=llvm-profdata-$LLVM_MAJOR
+  if ! command -v "$PROFDATA" >/dev/null; then
+    log "installing llvm-$LLVM_MAJOR for $PROFDATA (apt; rustc uses LLVM $LLVM_MAJOR)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "llvm-$LLVM_MAJOR" >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null && apt-get install -y -q "llvm-$LLVM_MAJOR" >/dev/null
+    } || die "cannot install llvm-$LLVM_MAJOR: install it, or run \`rustup component add llvm-tools\`"
+  fi
 fi
 
 # --target keeps RUSTFLAGS off build scripts and proc macros: only the binary is instrumented.
