@@ -4,6 +4,7 @@
 //! client (logs, consistent hashing, rate limits) uses it, so a spoofed `X-Forwarded-For` from
 //! an untrusted peer is ignored everywhere at once.
 
+use super::names;
 use crate::logging::write_ip;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -93,7 +94,8 @@ fn acceptable_request_id(value: &[u8]) -> bool {
 
 /// A request's id: kept from a trusted peer or generated. It is visible ASCII, so it is both
 /// a `str` (logs) and a header value, shared (not copied) by the upstream request and the
-/// response.
+/// response, and marked never-indexed for HTTP/2 ([`names::never_indexed`]): it differs on
+/// every request.
 #[derive(Clone, Debug)]
 pub struct RequestId(HeaderValue);
 
@@ -107,12 +109,14 @@ impl RequestId {
             *b = HEX[(n & 0xf) as usize];
             n >>= 4;
         }
-        RequestId(HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out)).unwrap_or(EMPTY))
+        let id = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out)).unwrap_or(EMPTY);
+        RequestId(names::never_indexed(id))
     }
 
     /// The id a client sent, if it is acceptable as one.
     pub fn keep(value: &HeaderValue) -> Option<Self> {
-        acceptable_request_id(value.as_bytes()).then(|| RequestId(value.clone()))
+        acceptable_request_id(value.as_bytes())
+            .then(|| RequestId(names::never_indexed(value.clone())))
     }
 
     pub fn as_str(&self) -> &str {

@@ -7,15 +7,18 @@
 //! responses alike. Nothing here touches the database or allocates per key: the client index
 //! and the limiter tables are in memory.
 
+use super::names;
 use crate::clients::{AuthError, ClientBucket, ClientEntry, Clients};
 use crate::config::{KeySource, LimitKey};
 use crate::metrics::Metrics;
 use crate::ratelimit::{write_policy_item, write_ratelimit_item, Decision, Key, Limiter};
 use crate::runtime::{Route, SharedRuntime};
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, StaticHeaderName};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::{ErrorType, OrErr};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -42,6 +45,23 @@ pub struct LimitHeaders {
 impl LimitHeaders {
     pub fn is_empty(&self) -> bool {
         self.policy.is_empty()
+    }
+
+    /// `RateLimit-Policy` and `RateLimit`, the strings moved into the values; `RateLimit`,
+    /// which changes with every request, marked never-indexed for HTTP/2.
+    pub fn into_header_values(
+        self,
+    ) -> pingora::Result<[(&'static StaticHeaderName, HeaderValue); 2]> {
+        let value = |v: String| {
+            HeaderValue::try_from(v).explain_err(ErrorType::InvalidHTTPHeader, |_| "RateLimit")
+        };
+        Ok([
+            (&names::RATELIMIT_POLICY, value(self.policy)?),
+            (
+                &names::RATELIMIT,
+                names::never_indexed(value(self.ratelimit)?),
+            ),
+        ])
     }
 
     /// One allocation per header for the usual one or two policies, not one per doubling.

@@ -346,20 +346,15 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header(
-            &names::X_REQUEST_ID,
-            names::never_indexed(ctx.request.id.header()),
-        )?;
+        resp.insert_header(&names::X_REQUEST_ID, ctx.request.id.header())?;
         if self.draining.is_set() {
             session.set_keepalive(None);
         }
         if !ctx.limit_headers.is_empty() {
             // Moved, not copied: the response header is written once.
-            let headers = std::mem::take(&mut ctx.limit_headers);
-            resp.insert_header(&names::RATELIMIT_POLICY, headers.policy)?;
-            let ratelimit = HeaderValue::try_from(headers.ratelimit)
-                .explain_err(ErrorType::InvalidHTTPHeader, |_| "RateLimit header")?;
-            resp.insert_header(&names::RATELIMIT, names::never_indexed(ratelimit))?;
+            for (name, value) in std::mem::take(&mut ctx.limit_headers).into_header_values()? {
+                resp.insert_header(name, value)?;
+            }
         }
         Ok(())
     }
@@ -377,9 +372,7 @@ impl ProxyHttp for Tollgate {
         }
         if code > 0 && session.response_written().is_none() {
             let message = respond::default_message(code);
-            if let Err(we) =
-                respond::write_error(session, code, message, ctx.request.id.as_str()).await
-            {
+            if let Err(we) = respond::write_error(session, code, message, &ctx.request.id).await {
                 log::debug!(
                     "request {}: cannot write error response: {we}",
                     ctx.request.id
@@ -450,7 +443,7 @@ impl Tollgate {
     async fn refuse(
         &self,
         session: &mut Session,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         route: &Route,
         refusal: gate::Refusal,
     ) -> Result<bool> {
@@ -471,18 +464,9 @@ impl Tollgate {
             }
         };
         if !ctx.limit_headers.is_empty() {
-            let headers = &ctx.limit_headers;
-            let value = |v: &str| {
-                HeaderValue::from_str(v)
-                    .explain_err(ErrorType::InvalidHTTPHeader, |_| "RateLimit header")
-            };
-            extra.push((&names::RATELIMIT_POLICY, value(&headers.policy)?));
-            extra.push((
-                &names::RATELIMIT,
-                names::never_indexed(value(&headers.ratelimit)?),
-            ));
+            extra.extend(std::mem::take(&mut ctx.limit_headers).into_header_values()?);
         }
-        respond::write_error_with(session, code, &message, ctx.request.id.as_str(), extra).await?;
+        respond::write_error_with(session, code, &message, &ctx.request.id, extra).await?;
         Ok(true)
     }
 
@@ -548,7 +532,7 @@ fn header_size(req: &RequestHeader) -> usize {
 
 /// Writes a decided response and ends the request.
 async fn reply(session: &mut Session, ctx: &Ctx, code: u16, message: &str) -> Result<bool> {
-    respond::write_error(session, code, message, ctx.request.id.as_str()).await?;
+    respond::write_error(session, code, message, &ctx.request.id).await?;
     Ok(true)
 }
 

@@ -4,12 +4,13 @@
 //! message is short and fixed per outcome; internal detail goes to the error log with the
 //! request id, never to the client.
 
+use super::forwarding::RequestId;
 use super::names;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::{ResponseHeader, StaticHeaderName};
-use pingora::prelude::*;
 use pingora::proxy::Session;
+use pingora::Result;
 
 /// The JSON body for an error response.
 pub fn error_body(code: u16, message: &str) -> Bytes {
@@ -33,15 +34,13 @@ pub fn default_message(code: u16) -> &'static str {
 }
 
 /// Builds the response header of a JSON error.
-pub fn error_header(code: u16, len: usize, request_id: &str) -> Result<ResponseHeader> {
+pub fn error_header(code: u16, len: usize, request_id: &RequestId) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(code, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if !request_id.is_empty() {
-        let id = HeaderValue::from_str(request_id)
-            .explain_err(ErrorType::InvalidHTTPHeader, |_| "request id")?;
-        resp.insert_header(&names::X_REQUEST_ID, names::never_indexed(id))?;
+    if !request_id.as_str().is_empty() {
+        resp.insert_header(&names::X_REQUEST_ID, request_id.header())?;
     }
     Ok(resp)
 }
@@ -51,7 +50,7 @@ pub async fn write_error(
     session: &mut Session,
     code: u16,
     message: &str,
-    request_id: &str,
+    request_id: &RequestId,
 ) -> Result<()> {
     write_error_with(session, code, message, request_id, Vec::new()).await
 }
@@ -61,7 +60,7 @@ pub async fn write_error_with(
     session: &mut Session,
     code: u16,
     message: &str,
-    request_id: &str,
+    request_id: &RequestId,
     extra: Vec<(&StaticHeaderName, HeaderValue)>,
 ) -> Result<()> {
     let body = error_body(code, message);
