@@ -384,7 +384,7 @@ async fn sigterm_lets_in_flight_request_finish() {
     eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
 }
 
-/// sigterm-closes-idle: a keep-alive connection idle at SIGTERM is closed during the drain,
+/// A keep-alive connection idle at SIGTERM is closed during the drain,
 /// while the edge still runs, not left open until the process exits.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_closes_idle_keep_alive_connection_while_draining() {

@@ -11,8 +11,9 @@
 //! the shutdown signal it is given, the proxy on `cleanup` for a header already started), and
 //! sends HTTP/2 connections a GOAWAY, including a connection accepted a moment earlier whose
 //! request is on its way. All are therefore delayed by `drain_delay`: the HTTP layer gets a
-//! shutdown signal that fires that much later than the server's, and `cleanup` waits as long. Connections already accepted get that long to deliver their request,
-//! which is answered with `Connection: close` (see `drain.rs`).
+//! shutdown signal that fires that much later than the server's, and `cleanup` waits as long.
+//! Connections already accepted get that long to deliver their request, which is answered
+//! with `Connection: close` (see `drain.rs`).
 
 use crate::metrics::Metrics;
 use async_trait::async_trait;

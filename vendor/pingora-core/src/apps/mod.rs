@@ -207,9 +207,9 @@ const DEFAULT_KEEPALIVE_SECS: u64 = 60;
 /// TLS plaintext already buffered is returned without waiting on the socket.
 ///
 /// `None` closes the connection: the client closed it or failed, stayed idle past
-/// `keepalive_timeout` (`Some(0)` or `None`: no timeout), or the server is shutting down. A request
-/// whose first byte has arrived is served even when shutdown has begun, as the session's own
-/// read would have.
+/// `keepalive_timeout` (`Some(0)` or `None`: no timeout), or the server is shutting down. A
+/// request whose first byte has arrived is served even when shutdown has begun, as the
+/// session's own read would have.
 async fn next_request_start(
     stream: &mut Stream,
     keepalive_timeout: Option<u64>,
