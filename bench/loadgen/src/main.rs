@@ -5,10 +5,10 @@
 //!   Request i is due at t0 + i/R on connection i % C, and goes out at that time to within a few
 //!   µs: each connection waits on its own timerfd (timer slack set to 1 ns), not on tokio's
 //!   timer wheel, whose 1 ms ticks would release the requests in bursts of R/1000 and measure
-//!   the queue each burst builds rather than the server. Latency is measured from the actual send time,
-//!   except when a request went out late because its connection was still busy with the
-//!   previous response: then it counts from its due time (the coordinated-omission correction
-//!   of wrk2, without counting the client's own timer lag). Prints one JSON line.
+//!   the queue each burst builds rather than the server. Latency is measured from the actual
+//!   send time, except when a request went out late because its connection was still busy
+//!   with the previous response: then it counts from its due time (the coordinated-omission
+//!   correction of wrk2, without counting the client's own timer lag). Prints one JSON line.
 //!
 //! `tg-loadgen conn URL --duration S [--conns C]`
 //!   Closed loop, C workers, each: new TCP connection, full TLS handshake (session resumption
@@ -78,17 +78,18 @@ impl Pacer {
         }
         loop {
             let mut ready = self.0.readable().await?;
-            let mut expirations = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into an 8-byte buffer.
-            let n = unsafe { libc::read(fd, expirations.as_mut_ptr().cast(), 8) };
-            if n == 8 {
-                return Ok(());
+            // The expiration count (8 bytes); `try_io` clears the readiness on WouldBlock.
+            let read = ready.try_io(|_| {
+                let mut expirations = [0u8; 8];
+                // SAFETY: reads at most 8 bytes into an 8-byte buffer.
+                match unsafe { libc::read(fd, expirations.as_mut_ptr().cast(), 8) } {
+                    8 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            });
+            if let Ok(expired) = read {
+                return expired;
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::WouldBlock {
-                return Err(err);
-            }
-            ready.clear_ready();
         }
     }
 }
