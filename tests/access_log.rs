@@ -113,3 +113,42 @@ async fn retried_request_logs_every_backend_tried() {
     assert_eq!(retried["backend"], live.addr().to_string().as_str());
     assert_eq!(retried["status"], 200);
 }
+
+/// A client that goes away while its backend is still working ends the request there (status
+/// 0 in the log), over HTTP/1.1 (the connection closes) and HTTP/2 (the stream is reset), long
+/// before the backend would have answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_going_away_mid_request_ends_it_without_waiting_for_the_backend() {
+    use std::io::Write;
+    let b = Backend::start("b1");
+    let edge = logging_edge(&route_to(&backend_list(&[&b])));
+    let slow = "?sleep_ms=8000";
+
+    let mut h1 = raw::connect(edge.http);
+    let request = format!("GET /api/h1{slow} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    h1.write_all(request.as_bytes()).expect("write");
+    let h2 = client_builder(edge.https)
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    // Dropping the request future resets its stream; the connection stays open.
+    let waited = tokio::time::timeout(
+        Duration::from_millis(500),
+        h2.get(edge.url(&format!("/api/h2{slow}"))).send(),
+    )
+    .await;
+    assert!(waited.is_err(), "the backend answered early: {waited:?}");
+    drop(h1);
+
+    let log = lines(edge.dir.path(), 2).await;
+    for path in ["/api/h1", "/api/h2"] {
+        let line = log
+            .iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no line for {path} in {log:?}"));
+        assert_eq!(line["status"], 0, "{line}");
+        // It was waiting on the backend, not refused before.
+        assert_eq!(line["backend"], b.addr().to_string().as_str(), "{line}");
+    }
+    drop(h2);
+}

@@ -536,7 +536,8 @@ async fn reply(session: &mut Session, ctx: &Ctx, code: u16, message: &str) -> Re
     Ok(true)
 }
 
-/// The status a failed request is answered with (0: the client is gone, write nothing).
+/// The status a failed request is answered with (0: the client is gone, write nothing). A
+/// downstream h2 error means the client reset the stream or broke the connection: gone too.
 fn status_for(e: &Error) -> u16 {
     use pingora::ErrorSource;
     use ErrorType::*;
@@ -551,7 +552,7 @@ fn status_for(e: &Error) -> u16 {
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => 0,
+                WriteError | ReadError | ConnectionClosed | H2Error => 0,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,

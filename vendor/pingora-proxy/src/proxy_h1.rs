@@ -113,7 +113,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade_req = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade_req);
 
         session.upstream_compression.request_filter(&req);
 
@@ -124,6 +125,10 @@ where
             Err(e) => {
                 return (false, false, Some(e.into_up()));
             }
+        }
+
+        if !upgrade_req && is_bodyless_exchange(session) {
+            return self.proxy_bodyless_1to1(session, client_session, ctx).await;
         }
 
         let mut downstream_custom_message_writer = session
@@ -189,6 +194,115 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// [`Self::proxy_1to1`] after the request header is sent, for a request without a body
+    /// ([`is_bodyless_exchange`]): most requests an edge proxy sees.
+    ///
+    /// With no request body to stream, the duplex loop's two halves and the two task pipes
+    /// between them have nothing to do at the same time, and they cost a channel pair, a
+    /// join, and a send, a receive and a wake-up per response task. This reads the response
+    /// from upstream and writes it downstream in one loop instead, with the same filters in
+    /// the same order, the same batching (the tasks already read are written in one go), the
+    /// same errors and the same reuse decisions, and it still watches the downstream session
+    /// while it waits, so a client that goes away aborts the request as on the duplex path.
+    async fn proxy_bodyless_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The request side: the body filters see the end of an empty body, as on the duplex
+        // path, and whatever they produce ends the upstream request.
+        let body = match self.request_body_task(session, None, true, ctx).await {
+            Ok(body) => body,
+            Err(e) => return (false, false, Some(e)),
+        };
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, body).await {
+            warn!("send error, draining read buf: {e}");
+            // A partly written request leaves the connection unusable, but a complete
+            // response can still be forwarded.
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        let mut upstream_done = false;
+        let mut downstream_done = false;
+        while !upstream_done && !downstream_done {
+            let mut read = tokio::select! {
+                biased;
+                read = client_session.read_response_task() => read,
+                // Resolves only with an error: the client closed or sent data after its request.
+                gone = session.downstream_session.read_body_or_idle(true) => {
+                    let e = match gone {
+                        Err(e) => e,
+                        Ok(_) => Error::explain(ReadError, "request body after an empty body"),
+                    };
+                    return (false, false, Some(e.into_down()));
+                }
+            };
+            // Filter and batch every task that is ready now.
+            let mut tasks = Vec::with_capacity(2);
+            loop {
+                let task = match read {
+                    Ok(task) => task,
+                    Err(e) => {
+                        // The response's framing is lost: the connection cannot be reused.
+                        upstream_can_reuse = false;
+                        HttpTask::Failed(send_error.take().unwrap_or(e).into_up())
+                    }
+                };
+                upstream_done = task.is_end();
+                match self
+                    .filter_upstream_task(
+                        session,
+                        task,
+                        ctx,
+                        &mut serve_from_cache,
+                        &mut range_body_filter,
+                    )
+                    .await
+                {
+                    Ok(task) => tasks.push(task),
+                    Err(e) => return (false, false, Some(e)),
+                }
+                if upstream_done {
+                    break;
+                }
+                // unconstrained: a spent coop budget would make a ready read look pending
+                match tokio::task::unconstrained(client_session.read_response_task()).now_or_never()
+                {
+                    Some(next) => read = next,
+                    None => break,
+                }
+            }
+            match session.write_response_tasks(tasks).await {
+                Ok(done) => downstream_done = done,
+                Err(e) => return (false, false, Some(e)),
+            }
+        }
+        // The response went out in full before upstream finished it (nothing more was
+        // expected downstream): the rest is still unread on the connection.
+        if !upstream_done {
+            upstream_can_reuse = false;
+        }
+
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => true,
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        (reuse_downstream, upstream_can_reuse, None)
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -403,17 +517,8 @@ where
                 // skip downstream filtering entirely as the 304 will not be sent
                 break;
             }
-            #[cfg(feature = "upstream_modules")]
-            if let HttpTask::Header(header, end_of_stream) = &t {
-                self.inner
-                    .adjust_upstream_modules(session, header, *end_of_stream, ctx)
-                    .await?;
-            }
-            #[cfg(feature = "upstream_modules")]
-            session.upstream_modules_filter_task(&mut t).await?;
-            session.upstream_compression.response_filter(&mut t);
             let task = self
-                .h1_response_filter(session, t, ctx, serve_from_cache, range_body_filter, false)
+                .filter_upstream_task(session, t, ctx, serve_from_cache, range_body_filter)
                 .await?;
             if serve_from_cache.is_miss_header() {
                 response_state.enable_cached_response();
@@ -436,6 +541,39 @@ where
         let response_done = session.write_response_tasks(filtered_tasks).await?;
 
         Ok(Some(response_done))
+    }
+
+    /// The filters a response task from upstream goes through on its way downstream.
+    async fn filter_upstream_task(
+        &self,
+        session: &mut Session,
+        mut task: HttpTask,
+        ctx: &mut SV::CTX,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut RangeBodyFilter,
+    ) -> Result<HttpTask>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        #[cfg(feature = "upstream_modules")]
+        if let HttpTask::Header(header, end_of_stream) = &task {
+            self.inner
+                .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                .await?;
+        }
+        #[cfg(feature = "upstream_modules")]
+        session.upstream_modules_filter_task(&mut task).await?;
+        session.upstream_compression.response_filter(&mut task);
+        self.h1_response_filter(
+            session,
+            task,
+            ctx,
+            serve_from_cache,
+            range_body_filter,
+            false,
+        )
+        .await
     }
 
     // todo use this function to replace bidirection_1to2()
@@ -1020,7 +1158,7 @@ where
     async fn send_body_to_pipe(
         &self,
         session: &mut Session,
-        mut data: Option<Bytes>,
+        data: Option<Bytes>,
         end_of_body: bool,
         tx: mpsc::Permit<'_, HttpTask>,
         ctx: &mut SV::CTX,
@@ -1033,7 +1171,28 @@ where
         // this var is to signal if downstream finish sending the body, which shouldn't be
         // affected by the request_body_filter
         let end_of_body = end_of_body || data.is_none();
+        if let Some(task) = self
+            .request_body_task(session, data, end_of_body, ctx)
+            .await?
+        {
+            tx.send(task);
+        }
+        Ok(end_of_body)
+    }
 
+    /// Runs the request body filters on a piece of the downstream body and returns the task
+    /// that carries it upstream, or `None` when there is nothing to send yet.
+    async fn request_body_task(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<Option<HttpTask>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         session
             .downstream_modules_ctx
             .request_body_filter(&mut data, end_of_body)
@@ -1053,7 +1212,7 @@ where
          * Don't write 0 bytes to the network since it will be
          * treated as the terminating chunk */
         if !upstream_end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
-            return Ok(false);
+            return Ok(None);
         }
 
         debug!(
@@ -1062,14 +1221,26 @@ where
         );
 
         // upgraded body needs to be marked
-        if session.was_upgraded() {
-            tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
+        Ok(Some(if session.was_upgraded() {
+            HttpTask::UpgradedBody(data, upstream_end_of_body)
         } else {
-            tx.send(HttpTask::Body(data, upstream_end_of_body));
-        }
-
-        Ok(end_of_body)
+            HttpTask::Body(data, upstream_end_of_body)
+        }))
     }
+}
+
+/// Whether a request's exchange with an HTTP/1 upstream can skip the duplex loop
+/// ([`HttpProxy::proxy_bodyless_1to1`]): the request has no body (and none is buffered for
+/// a retry), and no cache, upgrade or custom session needs the loop's other branches.
+/// The caller checks that the upstream request is not an upgrade.
+fn is_bodyless_exchange(session: &mut Session) -> bool {
+    !session.cache.enabled()
+        && !session.cache.bypassing()
+        && !session.downstream_session.is_custom()
+        && !session.was_upgraded()
+        && session.as_mut().is_body_empty()
+        && session.as_mut().is_body_done()
+        && session.as_ref().get_retry_buffer().is_none()
 }
 
 pub(crate) async fn send_body_to1(
