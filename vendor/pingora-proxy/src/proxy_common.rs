@@ -175,6 +175,25 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether `name` is one of the headers [`sanitize_h1_upstream_request`] removes or reads
+/// whatever the request's `Connection` header says: the standard hop-by-hop headers,
+/// `Connection` itself and `Upgrade`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        KEEP_ALIVE
+            | PROXY_CONNECTION
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | HTTP2_SETTINGS
+    )
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
@@ -334,6 +353,11 @@ pub(crate) fn sanitize_h1_upstream_request(
     downstream_is_http11: bool,
 ) -> Result<()> {
     if policy == HttpUpstreamRequestPolicy::preserve() {
+        return Ok(());
+    }
+    // Everything below acts on hop-by-hop headers, which most requests do not carry: one pass
+    // over the names instead of a dozen lookups and removals that find nothing.
+    if !req.headers.keys().any(is_hop_by_hop) {
         return Ok(());
     }
 

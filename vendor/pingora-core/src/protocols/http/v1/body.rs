@@ -173,8 +173,8 @@ impl BodyReader {
         self.body_state = PS::ToStart;
     }
 
-    fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+    fn prepare_buf(&mut self, buf_to_rewind: &[u8], capacity: usize) {
+        let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -221,7 +221,7 @@ impl BodyReader {
 
     pub fn init_chunked(&mut self, buf_to_rewind: &[u8]) {
         self.body_state = PS::Chunked(0, 0, 0, 0);
-        self.prepare_buf(buf_to_rewind);
+        self.prepare_buf(buf_to_rewind, self.body_buf_size);
     }
 
     /// Zero-copy variant of [`Self::init_chunked`].
@@ -246,7 +246,15 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // A body read whole with the header needs no room to read more: a buffer of
+                // its size holds it, where `body_buf_size` (64 KiB) would go unused. When a
+                // read does follow, `prepare_buf_for_io` makes the room.
+                let capacity = if buf_to_rewind.len() >= cl {
+                    buf_to_rewind.len()
+                } else {
+                    self.body_buf_size
+                };
+                self.prepare_buf(buf_to_rewind, capacity);
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -270,7 +278,7 @@ impl BodyReader {
     }
 
     pub fn init_close_delimited(&mut self, buf_to_rewind: &[u8]) {
-        self.prepare_buf(buf_to_rewind);
+        self.prepare_buf(buf_to_rewind, self.body_buf_size);
         self.body_state = PS::UntilClose(0);
     }
 
