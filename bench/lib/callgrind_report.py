@@ -8,6 +8,8 @@ raw, out, n, targets, scenarios = sys.argv[1], sys.argv[2], int(sys.argv[3]), sy
 cmdline = sys.argv[6] if len(sys.argv) > 6 else "bench/callgrind.sh"
 targets, scenarios = targets.split(","), scenarios.split(",")
 LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*)$")
+# A call line ("fn (10,000x)") of callgrind_annotate's output, not a function's own row.
+CALL_COUNT = re.compile(r"\(\d[\d,]*x\)(?: \[.*\])?$")
 
 
 def requests(t, s):
@@ -47,16 +49,18 @@ def self_costs(t, s):
 
 
 def inclusive_costs(t, s):
-    """(Ir, name) of every function by inclusive cost, largest first (callgrind_annotate)."""
+    """(Ir, name) of every function by inclusive cost, largest first (callgrind_annotate).
+    callgrind_annotate gives one row per source file of a function (the lines inlined from
+    each file, with what they call); summed here to one row per function."""
     args = ["callgrind_annotate", "--inclusive=yes", "--threshold=100", f"{raw}/{t}-{s}.cg"]
     text = subprocess.run(args, capture_output=True, text=True).stdout
-    rows = []
+    cost = {}
     for line in text.splitlines():
         m = LINE.match(line)
-        if m and ":" in m.group(2):
+        if m and ":" in m.group(2) and not CALL_COUNT.search(m.group(2)):
             name = m.group(2).split(":", 1)[1].split(" [")[0]
-            rows.append((int(m.group(1).replace(",", "")), name))
-    return rows
+            cost[name] = cost.get(name, 0) + int(m.group(1).replace(",", ""))
+    return sorted(((ir, name) for name, ir in cost.items()), reverse=True)
 
 
 def short(name, width=110):
@@ -97,8 +101,9 @@ L.append(f"\n## `{t}`, {s}: Tollgate's own functions, inclusive (Ir per request)
 L.append("Inclusive: a function's cost with everything it calls; nested rows overlap. "
          "Inlined functions do not appear on their own.\n")
 L.append("| Ir/req | % | function |\n|---|---|---|")
+# The connection-level wrappers (ServerApp::process_new) hold every request of a connection.
 own = [(ir, name) for ir, name in inclusive_costs(t, s)
-       if name.startswith(("tollgate::", "<tollgate::"))]
+       if name.startswith(("tollgate::", "<tollgate::")) and "ServerApp>::process_new" not in name]
 for ir, name in own[:40]:
     L.append(f"| {ir / reqs:,.0f} | {100 * ir / reqs / per[t, s]:.1f} | `{short(name)}` |")
 open(out, "w").write("\n".join(L) + "\n")
