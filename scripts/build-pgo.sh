@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Profile-guided release build of Tollgate (PGO).
+# Profile-guided release build of Tollgate (PGO, then BOLT).
 #
 #   scripts/build-pgo.sh            builds target/pgo/tollgate (about three release builds' time)
 #   PGO_SECS=10 scripts/build-pgo.sh   trains 10 s per request path instead of 4
+#   PGO_BOLT=0 scripts/build-pgo.sh    stops after step 4 (no BOLT)
 #
 # 1. builds an instrumented release binary (`-Cprofile-generate`);
 # 2. serves it with bench/compare.sh's Tollgate config (rate limit, breaker, health checks,
@@ -10,12 +11,15 @@
 #    plaintext and HTTPS keep-alive, HTTP/2, a new TLS connection per request, 1 MiB bodies;
 # 3. merges the profile with an llvm-profdata of rustc's own LLVM version (rustup's llvm-tools,
 #    or apt's llvm-N, installed when neither is there);
-# 4. rebuilds with `-Cprofile-use`, so LLVM lays out and inlines the hot path by what it measured.
+# 4. rebuilds with `-Cprofile-use`, so LLVM lays out and inlines the hot path by what it
+#    measured (linked with `--emit-relocs`, which BOLT needs to move functions);
+# 5. BOLT (llvm-bolt from apt's bolt-N): instruments that binary, trains it the same way, and
+#    rewrites it with the hot code's blocks and functions laid out together.
 #
-# Release profile as Cargo.toml's (fat LTO, one codegen unit). The profile lands in
-# target/pgo/tollgate.profdata and is rebuilt on every run, so it always matches the source.
-# bench/results/ab-pgo.md has what it buys. Needs what bench/compare.sh needs (it installs
-# nginx, wrk and h2load from apt when missing).
+# Release profile as Cargo.toml's (fat LTO, one codegen unit). The profiles land in
+# target/pgo/ and are rebuilt on every run, so they always match the source.
+# bench/results/ab-pgo.md and ab-bolt.md have what each step buys. Needs what
+# bench/compare.sh needs (it installs nginx, wrk and h2load from apt when missing).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,24 +27,34 @@ BENCH=$REPO/bench
 WORK=${BENCH_WORK:-/tmp/tollgate-bench}
 PGO=$REPO/target/pgo
 SECS=${PGO_SECS:-4}
+BOLT=${PGO_BOLT:-1}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+# apt_tool COMMAND PACKAGE: installs PACKAGE from apt unless COMMAND is already there.
+apt_tool() {
+  command -v "$1" >/dev/null && return 0
+  log "installing $2 for $1 (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "$2" >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null
+  }
+}
+
 # llvm-profdata must read what rustc's LLVM writes: rustup's own (`rustup component add
 # llvm-tools`) when present, else Debian's llvm-N of the same major version.
 PROFDATA=$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata
 if [ ! -x "$PROFDATA" ]; then
   PROFDATA=llvm-profdata-$LLVM_MAJOR
-  if ! command -v "$PROFDATA" >/dev/null; then
-    log "installing llvm-$LLVM_MAJOR for $PROFDATA (apt; rustc uses LLVM $LLVM_MAJOR)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "llvm-$LLVM_MAJOR" >/dev/null 2>&1 || {
-      apt-get update -q >/dev/null && apt-get install -y -q "llvm-$LLVM_MAJOR" >/dev/null
-    } || die "cannot install llvm-$LLVM_MAJOR: install it, or run \`rustup component add llvm-tools\`"
-  fi
+  apt_tool "$PROFDATA" "llvm-$LLVM_MAJOR" ||
+    die "cannot install llvm-$LLVM_MAJOR: install it, or run \`rustup component add llvm-tools\`"
+fi
+BOLT_BIN=llvm-bolt-$LLVM_MAJOR
+if [ "$BOLT" = 1 ]; then
+  apt_tool "$BOLT_BIN" "bolt-$LLVM_MAJOR" || die "cannot install bolt-$LLVM_MAJOR (PGO_BOLT=0 skips BOLT)"
 fi
 
 # --target keeps RUSTFLAGS off build scripts and proc macros: only the binary is instrumented.
@@ -49,37 +63,57 @@ build() { # target-dir rustflags
     --target "$HOST" --target-dir "$1") || die "cargo build ($2) failed"
 }
 
-rm -rf "$PGO/profiles"
+# train BIN: serves BIN as compare.sh's Tollgate and drives each request path for SECS seconds,
+# then stops it so that it writes its profile.
+train() {
+  # shellcheck source=../bench/lib/serve.sh
+  . "$BENCH/lib/serve.sh"
+  serve "$PGO/serve.log" --targets tollgate --no-build --tollgate-bin "$1"
+  local http https pid loadgen=$BENCH/loadgen/target/release/tg-loadgen
+  http="http://127.0.0.1:$(served tollgate http)"
+  https="https://127.0.0.1:$(served tollgate https)"
+  wrk -t1 -c50 -d"${SECS}s" "$http/" > /dev/null
+  wrk -t1 -c50 -d"${SECS}s" "$https/" > /dev/null
+  h2load -t1 -c10 -m10 -D "$SECS" "$https/" > /dev/null
+  "$loadgen" conn "$https/" --duration "$SECS" --conns 20 > /dev/null
+  wrk -t1 -c10 -d"${SECS}s" "$http/1m" > /dev/null
+  # Profiles are written when the process exits: SIGINT is Pingora's fast shutdown, which ends
+  # in `std::process::exit` (compare.sh's own stop SIGKILLs a second after SIGTERM starts a
+  # drain).
+  pid=$(served tollgate pid)
+  kill -INT "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -TERM "$SERVE_PID" 2>/dev/null || true
+  wait "$SERVE_PID" 2>/dev/null || true
+  trap - EXIT
+}
+
+rm -rf "$PGO/profiles" "$PGO/bolt.fdata"
 mkdir -p "$PGO/profiles"
-log "1/4 instrumented build"
+log "1/5 instrumented build"
 build "$PGO/gen" "-Cprofile-generate=$PGO/profiles"
 
-log "2/4 training run (${SECS}s per request path)"
-# shellcheck source=../bench/lib/serve.sh
-. "$BENCH/lib/serve.sh"
-serve "$PGO/serve.log" --targets tollgate --no-build --tollgate-bin "$PGO/gen/$HOST/release/tollgate"
-http="http://127.0.0.1:$(served tollgate http)"
-https="https://127.0.0.1:$(served tollgate https)"
-LOADGEN=$BENCH/loadgen/target/release/tg-loadgen
-wrk -t1 -c50 -d"${SECS}s" "$http/" > /dev/null
-wrk -t1 -c50 -d"${SECS}s" "$https/" > /dev/null
-h2load -t1 -c10 -m10 -D "$SECS" "$https/" > /dev/null
-"$LOADGEN" conn "$https/" --duration "$SECS" --conns 20 > /dev/null
-wrk -t1 -c10 -d"${SECS}s" "$http/1m" > /dev/null
-# The profile is written when the process exits: SIGINT is Pingora's fast shutdown, which ends
-# in `std::process::exit` (compare.sh's own stop SIGKILLs a second after SIGTERM starts a drain).
-pid=$(served tollgate pid)
-kill -INT "$pid"
-for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-kill -TERM "$SERVE_PID" 2>/dev/null || true
-wait "$SERVE_PID" 2>/dev/null || true
-trap - EXIT
+log "2/5 training run (${SECS}s per request path)"
+train "$PGO/gen/$HOST/release/tollgate"
 ls "$PGO"/profiles/*.profraw > /dev/null 2>&1 || die "no profile written (see $PGO/serve.log)"
 
-log "3/4 merging the profile"
+log "3/5 merging the profile"
 "$PROFDATA" merge -o "$PGO/tollgate.profdata" "$PGO"/profiles/*.profraw
 
-log "4/4 optimized build"
-build "$PGO/use" "-Cprofile-use=$PGO/tollgate.profdata"
-cp "$PGO/use/$HOST/release/tollgate" "$PGO/tollgate"
+log "4/5 optimized build"
+build "$PGO/use" "-Cprofile-use=$PGO/tollgate.profdata -Clink-arg=-Wl,--emit-relocs"
+if [ "$BOLT" != 1 ]; then
+  cp "$PGO/use/$HOST/release/tollgate" "$PGO/tollgate"
+  log "built $PGO/tollgate (no BOLT)"
+  exit 0
+fi
+
+log "5/5 BOLT: instrumented binary, training run, layout"
+"$BOLT_BIN" "$PGO/use/$HOST/release/tollgate" -o "$PGO/tollgate.bolt-inst" -instrument \
+  -instrumentation-file="$PGO/bolt.fdata" > "$PGO/bolt.log" 2>&1 || die "llvm-bolt -instrument failed (see $PGO/bolt.log)"
+train "$PGO/tollgate.bolt-inst"
+[ -s "$PGO/bolt.fdata" ] || die "no BOLT profile written (see $PGO/serve.log)"
+"$BOLT_BIN" "$PGO/use/$HOST/release/tollgate" -o "$PGO/tollgate" -data="$PGO/bolt.fdata" \
+  -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold -split-eh \
+  -icf=1 -use-gnu-stack -dyno-stats >> "$PGO/bolt.log" 2>&1 || die "llvm-bolt failed (see $PGO/bolt.log)"
 log "built $PGO/tollgate"
