@@ -175,9 +175,9 @@ impl ConnectionNominations {
     }
 }
 
-/// Whether `name` is one of the headers [`sanitize_h1_upstream_request`] removes or reads
-/// whatever the request's `Connection` header says: the standard hop-by-hop headers,
-/// `Connection` itself and `Upgrade`.
+/// Whether `name` is a header [`sanitize_h1_upstream_request`] acts on: the standard
+/// hop-by-hop headers, `Connection` (whose nominations it also removes) and `Upgrade`. A
+/// request with none of them has nothing to sanitize.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
