@@ -49,6 +49,24 @@ async fn backend_reset_gives_502_json() {
     assert_eq!(body["code"], 502);
 }
 
+/// A backend that resets the connection instead of answering a GET (a request without a body,
+/// proxied without Pingora's duplex loop) gets the client a 502 JSON error too.
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_reset_on_a_get_gives_502_json() {
+    let b = Backend::start("rst");
+    b.set_mode(Mode::Reset);
+    let edge = Edge::start(&api(&b, ""));
+    let resp = edge
+        .client()
+        .get(edge.url("/api/x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], 502);
+}
+
 /// Sends `bytes` on a fresh connection; returns the response, or `None` for a close.
 fn probe(addr: SocketAddr, bytes: &[u8]) -> Option<Response> {
     let tcp = connect(addr);
