@@ -31,40 +31,25 @@ async fn post_to_hung_backend_times_out_with_504() {
     assert_eq!(b.requests(), 1);
 }
 
-/// A backend that resets the connection after reading a POST gets the client a 502 JSON error.
+/// A backend that resets the connection instead of answering gets the client a 502 JSON error:
+/// after a POST (Pingora's duplex loop) and after a GET (the single loop of a request without a
+/// body).
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_reset_gives_502_json() {
-    let b = Backend::start("rst");
-    b.set_mode(Mode::ResetAfterBody);
-    let edge = Edge::start(&api(&b, ""));
-    let resp = edge
-        .client()
-        .post(edge.url("/api/x"))
-        .body("payload")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), 502);
-    let body: serde_json::Value = resp.json().await.expect("json");
-    assert_eq!(body["code"], 502);
-}
-
-/// A backend that resets the connection instead of answering a GET (a request without a body,
-/// proxied without Pingora's duplex loop) gets the client a 502 JSON error too.
-#[tokio::test(flavor = "multi_thread")]
-async fn backend_reset_on_a_get_gives_502_json() {
-    let b = Backend::start("rst");
-    b.set_mode(Mode::Reset);
-    let edge = Edge::start(&api(&b, ""));
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), 502);
-    let body: serde_json::Value = resp.json().await.expect("json");
-    assert_eq!(body["code"], 502);
+    for (mode, post) in [(Mode::ResetAfterBody, true), (Mode::Reset, false)] {
+        let b = Backend::start("rst");
+        b.set_mode(mode);
+        let edge = Edge::start(&api(&b, ""));
+        let client = edge.client();
+        let request = match post {
+            true => client.post(edge.url("/api/x")).body("payload"),
+            false => client.get(edge.url("/api/x")),
+        };
+        let resp = request.send().await.expect("send");
+        assert_eq!(resp.status(), 502, "post: {post}");
+        let body: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(body["code"], 502);
+    }
 }
 
 /// Sends `bytes` on a fresh connection; returns the response, or `None` for a close.
