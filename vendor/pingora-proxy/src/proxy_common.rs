@@ -175,36 +175,34 @@ impl ConnectionNominations {
     }
 }
 
-/// Whether `name` is a header [`sanitize_h1_upstream_request`] acts on: the standard
-/// hop-by-hop headers, `Connection` (whose nominations it also removes) and `Upgrade`. A
-/// request with none of them has nothing to sanitize.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        KEEP_ALIVE
-            | PROXY_CONNECTION
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "connection"
-            | "upgrade"
-            | HTTP2_SETTINGS
-    )
+/// The standard hop-by-hop headers, `Connection` and `Upgrade` included: what
+/// [`strip_standard_hop_by_hop_headers`] removes.
+const STANDARD_HOP_BY_HOP: [HeaderName; 10] = [
+    HeaderName::from_static(KEEP_ALIVE),
+    HeaderName::from_static(PROXY_CONNECTION),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static(HTTP2_SETTINGS),
+];
+
+/// Whether `req` carries any header [`sanitize_h1_upstream_request`] acts on (the standard
+/// hop-by-hop ones; `Connection` also names the others it removes). Most requests carry none:
+/// one pass over the names then replaces a dozen lookups and removals that would find nothing.
+fn has_hop_by_hop_header(req: &RequestHeader) -> bool {
+    req.headers
+        .keys()
+        .any(|name| STANDARD_HOP_BY_HOP.contains(name))
 }
 
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    for name in &STANDARD_HOP_BY_HOP {
+        req.remove_header(name);
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -355,9 +353,7 @@ pub(crate) fn sanitize_h1_upstream_request(
     if policy == HttpUpstreamRequestPolicy::preserve() {
         return Ok(());
     }
-    // Everything below acts on hop-by-hop headers, which most requests do not carry: one pass
-    // over the names instead of a dozen lookups and removals that find nothing.
-    if !req.headers.keys().any(is_hop_by_hop) {
+    if !has_hop_by_hop_header(req) {
         return Ok(());
     }
 

@@ -295,13 +295,7 @@ where
             upstream_can_reuse = false;
         }
 
-        let reuse_downstream = match session.as_mut().finish_body().await {
-            Ok(_) => true,
-            Err(e) => {
-                error!("Error finish sending body to downstream: {}", e);
-                false
-            }
-        };
+        let reuse_downstream = finish_downstream_body(session).await;
         (reuse_downstream, upstream_can_reuse, None)
     }
 
@@ -971,18 +965,8 @@ where
             }
         }
 
-        let mut reuse_downstream = !downstream_state.is_errored();
-        if reuse_downstream {
-            match session.as_mut().finish_body().await {
-                Ok(_) => {
-                    debug!("finished sending body to downstream");
-                }
-                Err(e) => {
-                    error!("Error finish sending body to downstream: {}", e);
-                    reuse_downstream = false;
-                }
-            }
-        }
+        let reuse_downstream =
+            !downstream_state.is_errored() && finish_downstream_body(session).await;
         // Signal the upstream half that the downstream half completed cleanly before
         // dropping rx, so a resulting task-pipe closure is treated as benign.
         pipe_state.store(PipeState::DownstreamComplete as u8, Ordering::Release);
@@ -1241,6 +1225,20 @@ fn is_bodyless_exchange(session: &mut Session) -> bool {
         && session.as_mut().is_body_empty()
         && session.as_mut().is_body_done()
         && session.as_ref().get_retry_buffer().is_none()
+}
+
+/// Ends the response to downstream; whether the downstream connection can be reused.
+async fn finish_downstream_body(session: &mut Session) -> bool {
+    match session.as_mut().finish_body().await {
+        Ok(_) => {
+            debug!("finished sending body to downstream");
+            true
+        }
+        Err(e) => {
+            error!("Error finish sending body to downstream: {}", e);
+            false
+        }
+    }
 }
 
 pub(crate) async fn send_body_to1(
