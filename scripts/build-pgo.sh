@@ -63,11 +63,12 @@ build() { # target-dir rustflags
     --target "$HOST" --target-dir "$1") || die "cargo build ($2) failed"
 }
 
+# shellcheck source=../bench/lib/serve.sh
+. "$BENCH/lib/serve.sh"
+
 # train BIN: serves BIN as compare.sh's Tollgate and drives each request path for SECS seconds,
 # then stops it so that it writes its profile.
 train() {
-  # shellcheck source=../bench/lib/serve.sh
-  . "$BENCH/lib/serve.sh"
   serve "$PGO/serve.log" --targets tollgate --no-build --tollgate-bin "$1"
   local http https pid loadgen=$BENCH/loadgen/target/release/tg-loadgen
   http="http://127.0.0.1:$(served tollgate http)"
