@@ -41,9 +41,10 @@ async fn backend_reset_gives_502_json() {
         b.set_mode(mode);
         let edge = Edge::start(&api(&b, ""));
         let client = edge.client();
-        let request = match post {
-            true => client.post(edge.url("/api/x")).body("payload"),
-            false => client.get(edge.url("/api/x")),
+        let request = if post {
+            client.post(edge.url("/api/x")).body("payload")
+        } else {
+            client.get(edge.url("/api/x"))
         };
         let resp = request.send().await.expect("send");
         assert_eq!(resp.status(), 502, "post: {post}");
