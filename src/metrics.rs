@@ -8,11 +8,15 @@
 //! mirrored on every change: [`Metrics::render`] reads it from the current runtime at scrape
 //! time, after resetting the gauge family, so a backend removed by a reload disappears.
 
+use crate::proxy::ctx::Outcome;
 use crate::runtime::Runtime;
+use crate::upstream::{BackendState, Group};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Buckets from 1 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -39,6 +43,55 @@ pub struct Metrics {
     pub retry_budget_exhausted: IntCounterVec,
     pub last_reload_success: Gauge,
     pub config_info: IntGaugeVec,
+}
+
+/// One labelled series of a family, looked up on first use and then kept where the request
+/// path finds it (its route, group or backend).
+///
+/// `with_label_values` hashes the label values and takes the family's lock on every call, and
+/// a request made four such calls (bench/results/cg-series.md). Counters and histograms are
+/// never removed from their families, so a kept handle stays the series that is exported; and
+/// nothing is exported before it is first used, as before.
+#[derive(Debug)]
+pub struct Series<M>(OnceLock<M>);
+
+impl<M> Default for Series<M> {
+    fn default() -> Self {
+        Series(OnceLock::new())
+    }
+}
+
+impl<M> Series<M> {
+    pub fn get_or(&self, lookup: impl FnOnce() -> M) -> &M {
+        self.0.get_or_init(lookup)
+    }
+}
+
+/// A route's series: its duration histogram, and its request counters for the status codes
+/// most responses have (any other code is looked up in the family each time).
+#[derive(Debug, Default)]
+pub struct RouteSeries {
+    duration: Series<Histogram>,
+    codes: [Series<IntCounter>; COMMON_CODES.len()],
+}
+
+const COMMON_CODES: [u16; 10] = [200, 201, 204, 301, 302, 304, 401, 404, 429, 502];
+
+/// An upstream group's series: its response-time histogram, and its backends' attempt
+/// counters by outcome (index-aligned with the group's backends).
+#[derive(Debug)]
+pub struct GroupSeries {
+    duration: Series<Histogram>,
+    outcomes: Box<[[Series<IntCounter>; Outcome::COUNT]]>,
+}
+
+impl GroupSeries {
+    pub fn new(backends: usize) -> Self {
+        GroupSeries {
+            duration: Series::default(),
+            outcomes: (0..backends).map(|_| Default::default()).collect(),
+        }
+    }
 }
 
 /// Registers a collector; names are static and unique, so this cannot fail in practice.
@@ -85,6 +138,58 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Observes the time from sending a request to `group`'s backend to its response header.
+    pub fn upstream_responded(&self, group: &Group, after: Duration) {
+        group
+            .series
+            .duration
+            .get_or(|| self.upstream_duration.with_label_values(&[&group.name]))
+            .observe(after.as_secs_f64());
+    }
+
+    /// Counts an attempt on `backend` of `group` by how it ended.
+    pub fn upstream_attempt(&self, group: &Group, backend: &BackendState, outcome: Outcome) {
+        let count = || {
+            self.upstream_requests.with_label_values(&[
+                &group.name,
+                &backend.label,
+                outcome.as_str(),
+            ])
+        };
+        match group.series.outcomes.get(backend.index) {
+            Some(series) => series[outcome as usize].get_or(count).inc(),
+            None => count().inc(),
+        }
+    }
+
+    /// Counts a finished request by route and status, and observes its duration. `route` is
+    /// `None` for a request no route took.
+    pub fn request_finished(
+        &self,
+        route: Option<(&str, &RouteSeries)>,
+        status: u16,
+        latency: Duration,
+    ) {
+        let name = route.map_or("none", |(name, _)| name);
+        let count = || {
+            self.requests
+                .with_label_values(&[name, itoa::Buffer::new().format(status)])
+        };
+        let slot = COMMON_CODES.iter().position(|&c| c == status);
+        match (route, slot) {
+            (Some((_, series)), Some(i)) => series.codes[i].get_or(count).inc(),
+            _ => count().inc(),
+        }
+        let duration = || self.request_duration.with_label_values(&[name]);
+        match route {
+            Some((_, series)) => series
+                .duration
+                .get_or(duration)
+                .observe(latency.as_secs_f64()),
+            None => duration().observe(latency.as_secs_f64()),
+        }
+    }
+
     pub fn new() -> Self {
         let r = Registry::new();
         let build_info = gauge_vec!(
@@ -268,5 +373,34 @@ impl Metrics {
             log::error!("cannot encode metrics: {e}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept series is the family's own: counts through two routes of one name (a reload
+    /// rebuilds routes), through a code that is not kept, and without a route all add up.
+    #[test]
+    fn kept_series_count_into_the_exported_family() {
+        let m = Metrics::new();
+        let (before, after) = (RouteSeries::default(), RouteSeries::default());
+        let ms = Duration::from_millis(1);
+        m.request_finished(Some(("api", &before)), 200, ms);
+        m.request_finished(Some(("api", &before)), 200, ms);
+        m.request_finished(Some(("api", &after)), 200, ms);
+        m.request_finished(Some(("api", &after)), 418, ms);
+        m.request_finished(None, 404, ms);
+        let count = |route: &str, code: &str| m.requests.with_label_values(&[route, code]).get();
+        assert_eq!(count("api", "200"), 3);
+        assert_eq!(count("api", "418"), 1);
+        assert_eq!(count("none", "404"), 1);
+        let observed = |route: &str| {
+            m.request_duration
+                .with_label_values(&[route])
+                .get_sample_count()
+        };
+        assert_eq!((observed("api"), observed("none")), (4, 1));
     }
 }

@@ -5,7 +5,7 @@
 //! every upstream group whose config did not change, so health state carries over.
 
 use crate::config::{Auth, Config, KeySource, RetryPolicy, RouteConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteSeries};
 use crate::proxy::forwarding::TrustedProxies;
 use crate::proxy::gate::RouteLimit;
 use crate::proxy::retry::RetryBudget;
@@ -26,6 +26,8 @@ pub struct Route {
     pub retry_budget: RetryBudget,
     pub auth: Auth,
     pub limits: Vec<RouteLimit>,
+    /// This route's metric series, kept for the request path.
+    pub series: RouteSeries,
 }
 
 /// Routes, groups and policies of one configuration generation.
@@ -153,6 +155,7 @@ fn route_spec(
             retry_budget: RetryBudget::default(),
             auth: r.auth,
             limits,
+            series: RouteSeries::default(),
         }),
     })
 }

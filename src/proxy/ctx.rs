@@ -119,13 +119,10 @@ impl Attempts {
     }
 
     /// The backend's response header arrived.
-    pub fn responded(&mut self, metrics: &Metrics, upstream: &str) {
+    pub fn responded(&mut self, metrics: &Metrics, group: &Group) {
         self.response_after = self.sent_at.map(|t| t.elapsed());
         if let Some(d) = self.response_after {
-            metrics
-                .upstream_duration
-                .with_label_values(&[upstream])
-                .observe(d.as_secs_f64());
+            metrics.upstream_responded(group, d);
         }
     }
 
@@ -137,12 +134,9 @@ impl Attempts {
     }
 
     /// Ends the current attempt with `outcome` (counted per backend). No-op without one.
-    pub fn end(&mut self, metrics: &Metrics, upstream: &str, outcome: Outcome) {
+    pub fn end(&mut self, metrics: &Metrics, group: &Group, outcome: Outcome) {
         if let Some(attempt) = self.current.take() {
-            metrics
-                .upstream_requests
-                .with_label_values(&[upstream, attempt.backend().label.as_str(), outcome.as_str()])
-                .inc();
+            metrics.upstream_attempt(group, attempt.backend(), outcome);
             self.last = Some(attempt.backend().clone());
         }
     }
@@ -177,6 +171,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const COUNT: usize = 4;
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Response => "response",

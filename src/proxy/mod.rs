@@ -202,7 +202,7 @@ impl ProxyHttp for Tollgate {
         if let Some(route) = ctx.route.clone() {
             ctx.upstream.report(&route.group, false);
             ctx.upstream
-                .end(&self.metrics, &route.group.name, Outcome::ConnectError);
+                .end(&self.metrics, &route.group, Outcome::ConnectError);
             e.set_retry(self.take_retry(ctx, &route, retry::Reason::Connect));
         }
         e
@@ -226,13 +226,13 @@ impl ProxyHttp for Tollgate {
         if ctx.upstream.retry_on_status {
             // Decided, budgeted and reported in upstream_response_filter.
             ctx.upstream
-                .end(&self.metrics, &route.group.name, Outcome::Response);
+                .end(&self.metrics, &route.group, Outcome::Response);
             e.set_retry(true);
             return e;
         }
         ctx.upstream.report(&route.group, false);
         let outcome = Outcome::of_error(&e);
-        ctx.upstream.end(&self.metrics, &route.group.name, outcome);
+        ctx.upstream.end(&self.metrics, &route.group, outcome);
         let stale_pool = client_reused && matches!(e.retry, RetryType::ReusedOnly);
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
@@ -322,7 +322,7 @@ impl ProxyHttp for Tollgate {
             return Ok(());
         };
         let status = resp.status.as_u16();
-        ctx.upstream.responded(&self.metrics, &route.group.name);
+        ctx.upstream.responded(&self.metrics, &route.group);
         ctx.upstream
             .report(&route.group, !route.group.is_failure_status(status));
         let replayable = route.retries.statuses.contains(&status)
@@ -397,25 +397,21 @@ impl ProxyHttp for Tollgate {
             .map(|r| r.status.as_u16())
             .or_else(|| e.map(status_for))
             .unwrap_or(0);
-        let route = ctx.route.as_ref().map_or("none", |r| r.name.as_str());
-        let upstream = ctx.route.as_ref().map_or("", |r| r.group.name.as_str());
         let outcome = match e {
             _ if ctx.upstream.has_response() => Outcome::Response,
             Some(e) => Outcome::of_error(e),
             None => Outcome::Error,
         };
-        ctx.upstream.end(&self.metrics, upstream, outcome);
+        if let Some(route) = &ctx.route {
+            ctx.upstream.end(&self.metrics, &route.group, outcome);
+        }
         // One clock read for the metric and the log line, so the two agree.
         let latency = ctx.request.started.elapsed();
-        let mut code = itoa::Buffer::new();
-        self.metrics
-            .requests
-            .with_label_values(&[route, code.format(status)])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route])
-            .observe(latency.as_secs_f64());
+        self.metrics.request_finished(
+            ctx.route.as_deref().map(|r| (r.name.as_str(), &r.series)),
+            status,
+            latency,
+        );
         if self.access_log.enabled() {
             let req = session.req_header();
             let line = AccessLine {

@@ -12,6 +12,7 @@ pub mod selection;
 
 use crate::breaker::{Admission, GroupBreakers, ProbePermit, State, Transition};
 use crate::config::{HashKey, Selection, UpstreamConfig};
+use crate::metrics::GroupSeries;
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
 use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
@@ -91,6 +92,8 @@ pub struct Group {
     check_running: AtomicBool,
     /// Called on every breaker transition (metrics); set once by the runtime.
     pub transitions: std::sync::OnceLock<TransitionHook>,
+    /// This group's metric series, kept for the request path.
+    pub series: GroupSeries,
 }
 
 /// Observer of breaker transitions.
@@ -174,6 +177,7 @@ impl Group {
             last_check: Mutex::new(None),
             check_running: AtomicBool::new(false),
             transitions: std::sync::OnceLock::new(),
+            series: GroupSeries::new(config.backends.len()),
         }
     }
 

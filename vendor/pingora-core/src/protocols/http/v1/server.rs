@@ -848,12 +848,13 @@ impl HttpSession {
             /* update headers */
             header.insert_header(header::DATE, date::get_cached_date())?;
 
-            // TODO: make these lazy static
-            let connection_value = if self.will_keepalive() {
+            // Static values: a `&str` was copied into a new allocation on every response.
+            // (Tollgate patch, see vendor/README.md.)
+            let connection_value = HeaderValue::from_static(if self.will_keepalive() {
                 "keep-alive"
             } else {
                 "close"
-            };
+            });
             header.insert_header(header::CONNECTION, connection_value)?;
         }
 
