@@ -67,6 +67,21 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// What reuse needs from a final response header that `read_resp_header_parts` handed out
+    /// instead of copying; `response_header` then keeps only its status and version.
+    /// (Tollgate patch, see vendor/README.md.)
+    handed_out: Option<HeaderReuse>,
+}
+
+/// A response header's say in whether its connection is reused (see `respect_keepalive`).
+#[derive(Clone, Copy, Debug)]
+struct HeaderReuse {
+    /// An HTTP/1.0 response with `Transfer-Encoding`: the connection must close.
+    http10_transfer_encoding: bool,
+    /// The request's or the response's `Connection`: keep-alive (`true`) or close.
+    connection_keepalive: Option<bool>,
+    /// `Keep-Alive: timeout=`, read only when the connection is kept alive.
+    keepalive_timeout: Option<u64>,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +115,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            handed_out: None,
         }
     }
 
@@ -337,6 +353,7 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.handed_out = None;
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
                         }
@@ -434,11 +451,31 @@ impl HttpSession {
         }
     }
 
-    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    /// Similar to [`Self::read_response()`], read the response header and then return it.
+    ///
+    /// An informational (1xx) header is returned as a copy. A final one is handed out, not
+    /// copied: the session first reads what it needs of it later (body framing, and the
+    /// `Connection` / `Keep-Alive` verdicts for reuse) and keeps only its status and version,
+    /// so [`Self::resp_header()`] has no header fields after this call. (Tollgate patch, see
+    /// vendor/README.md: the copy cost a proxied request ~1,500 instructions.)
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
-        // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let Some(read) = self.response_header.as_deref() else {
+            return Error::e_explain(InvalidHTTPHeader, "no response header after reading one");
+        };
+        if read.status.is_informational() {
+            return Ok(Box::new(read.clone()));
+        }
+        let (status, version) = (read.status, read.version);
+        self.init_body_reader();
+        self.handed_out = Some(self.header_reuse());
+        let (mut rest, ()) = http::Response::new(()).into_parts();
+        rest.status = status;
+        rest.version = version;
+        match self.response_header.replace(Box::new(rest.into())) {
+            Some(header) => Ok(header),
+            None => Error::e_explain(InvalidHTTPHeader, "no response header after reading one"),
+        }
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -571,32 +608,44 @@ impl HttpSession {
             return;
         }
 
-        // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
-        // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
-        {
+        let reuse = self.handed_out.unwrap_or_else(|| self.header_reuse());
+        if reuse.http10_transfer_encoding {
             self.set_keepalive(None);
             return;
         }
-        if let Some(keepalive) = self.is_connection_keepalive() {
-            if keepalive {
-                let (timeout, _max_use) = self.get_keepalive_values();
-                // TODO: respect max_use
-                match timeout {
-                    Some(d) => self.set_keepalive(Some(d)),
-                    None => self.set_keepalive(Some(0)), // infinite
-                }
-            } else {
-                self.set_keepalive(None);
+        match reuse.connection_keepalive {
+            // TODO: respect max_use
+            Some(true) => match reuse.keepalive_timeout {
+                Some(d) => self.set_keepalive(Some(d)),
+                None => self.set_keepalive(Some(0)), // infinite
+            },
+            Some(false) => self.set_keepalive(None),
+            None if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) => {
+                self.set_keepalive(Some(0)); // on by default for http 1.1
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
-            self.set_keepalive(Some(0)); // on by default for http 1.1
-        } else {
-            self.set_keepalive(None); // off by default for http 1.0
+            None => self.set_keepalive(None), // off by default for http 1.0
+        }
+    }
+
+    /// What the response header says about reusing the connection.
+    fn header_reuse(&self) -> HeaderReuse {
+        // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
+        // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
+        let http10_transfer_encoding = self.resp_header().map(|h| h.version)
+            == Some(Version::HTTP_10)
+            && self
+                .resp_header()
+                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
+                .is_some();
+        let connection_keepalive = self.is_connection_keepalive();
+        let keepalive_timeout = match connection_keepalive {
+            Some(true) => self.get_keepalive_values().0,
+            _ => None,
+        };
+        HeaderReuse {
+            http10_transfer_encoding,
+            connection_keepalive,
+            keepalive_timeout,
         }
     }
 
