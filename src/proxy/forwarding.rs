@@ -109,7 +109,9 @@ impl RequestId {
             *b = HEX[(n & 0xf) as usize];
             n >>= 4;
         }
-        let id = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out)).unwrap_or(EMPTY);
+        // Owned by its one shared allocation: clones (upstream request, response) only count
+        // references, where a copied slice would be moved to a shared one on its first clone.
+        let id = HeaderValue::from_maybe_shared(Bytes::from_owner(out)).unwrap_or(EMPTY);
         RequestId(names::never_indexed(id))
     }
 

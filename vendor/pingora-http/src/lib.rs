@@ -585,6 +585,26 @@ impl ResponseHeader {
         )
     }
 
+    /// Sets `name` to `value` as [`Self::insert_header()`] does, unless the header already is
+    /// exactly that: one value, equal to `value`, in the case an insert would give the name.
+    /// Then nothing changes, and neither map is written. For the headers a server sets on every
+    /// response that the upstream's response usually carries already (`Date` within the same
+    /// second, `Connection: keep-alive`). (Tollgate patch, see vendor/README.md.)
+    pub fn insert_header_unless_same(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        let mut values = self.base.headers.get_all(&name).iter();
+        if values.next() == Some(&value) && values.next().is_none() {
+            let case = case_header_name::titled_header_name_str(&name).unwrap_or(name.as_str());
+            let same_case = self
+                .header_name_map
+                .as_ref()
+                .is_none_or(|m| m.get(&name).is_some_and(|c| c.as_slice() == case.as_bytes()));
+            if same_case {
+                return Ok(());
+            }
+        }
+        self.insert_header(name, value)
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -1051,10 +1071,38 @@ fn case_header_iter<'a>(
 mod tests {
     use super::*;
 
+    /// A header already set to the value, once and in the case an insert gives, is left as it
+    /// is; a different value, a second value or another case is replaced as by an insert.
+    #[test]
+    fn insert_header_unless_same_changes_only_what_differs() {
+        let wire = |resp: &ResponseHeader| {
+            let mut buf = Vec::new();
+            resp.header_to_h1_wire(&mut buf);
+            String::from_utf8(buf).unwrap()
+        };
+        let keep_alive = HeaderValue::from_static("keep-alive");
+        for sent in [
+            &["Connection: keep-alive"][..],
+            &["connection: keep-alive"][..],
+            &["Connection: close"][..],
+            &["Connection: keep-alive", "Connection: upgrade"][..],
+            &[][..],
+        ] {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            for line in sent {
+                let (name, value) = line.split_once(": ").unwrap();
+                resp.append_header(name.to_string(), value).unwrap();
+            }
+            resp.insert_header_unless_same(http::header::CONNECTION, keep_alive.clone())
+                .unwrap();
+            assert_eq!(wire(&resp), "Connection: keep-alive\r\n", "{sent:?}");
+        }
+    }
+
     #[test]
     fn header_map_upper_bound() {
         assert_eq!(8, http_header_map_upper_bound(None));
-        assert_eq!(16, http_header_map_upper_bound(Some(16)));
+        assert_eq!(16 + 8, http_header_map_upper_bound(Some(16))); // + the patch's headroom
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
     }
 

@@ -846,7 +846,9 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
+            // Unless the response already says the same (an upstream's response usually does):
+            // two hashed inserts into two maps saved. (Tollgate patch, see vendor/README.md.)
+            header.insert_header_unless_same(header::DATE, date::get_cached_date())?;
 
             // Static values: a `&str` was copied into a new allocation on every response.
             // (Tollgate patch, see vendor/README.md.)
@@ -855,7 +857,7 @@ impl HttpSession {
             } else {
                 "close"
             });
-            header.insert_header(header::CONNECTION, connection_value)?;
+            header.insert_header_unless_same(header::CONNECTION, connection_value)?;
         }
 
         if header.status == 101 {
