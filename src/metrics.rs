@@ -156,8 +156,9 @@ impl Metrics {
                 outcome.as_str(),
             ])
         };
-        match group.series.outcomes.get(backend.index) {
-            Some(series) => series[outcome as usize].get_or(count).inc(),
+        let kept = group.series.outcomes.get(backend.index);
+        match kept.and_then(|by_outcome| by_outcome.get(outcome as usize)) {
+            Some(series) => series.get_or(count).inc(),
             None => count().inc(),
         }
     }

@@ -171,6 +171,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How many outcomes there are (a kept counter per backend for each).
     pub const COUNT: usize = 4;
 
     pub fn as_str(self) -> &'static str {
