@@ -45,53 +45,33 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
 }
 
-/// One labelled series of a family, looked up on first use and then kept where the request
-/// path finds it (its route, group or backend).
-///
-/// `with_label_values` hashes the label values and takes the family's lock on every call, and
-/// a request made four such calls (bench/results/cg-series.md). Counters and histograms are
-/// never removed from their families, so a kept handle stays the series that is exported; and
-/// nothing is exported before it is first used, as before.
-#[derive(Debug)]
-pub struct Series<M>(OnceLock<M>);
-
-impl<M> Default for Series<M> {
-    fn default() -> Self {
-        Series(OnceLock::new())
-    }
-}
-
-impl<M> Series<M> {
-    pub fn get_or(&self, lookup: impl FnOnce() -> M) -> &M {
-        self.0.get_or_init(lookup)
-    }
-}
+// The series a request updates are kept where the request path finds them (its route, group
+// and backend), each looked up in its family on first use: `with_label_values` hashes the
+// label values and takes the family's lock on every call, and a request made four such calls
+// (bench/results/cg-series.md). Counters and histograms are never removed from their
+// families, so a kept handle stays the series that is exported; and nothing is exported
+// before it is first used, as before.
 
 /// A route's series: its duration histogram, and its request counters for the status codes
 /// most responses have (any other code is looked up in the family each time).
 #[derive(Debug, Default)]
 pub struct RouteSeries {
-    duration: Series<Histogram>,
-    codes: [Series<IntCounter>; COMMON_CODES.len()],
+    duration: OnceLock<Histogram>,
+    codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
 }
 
 const COMMON_CODES: [u16; 10] = [200, 201, 204, 301, 302, 304, 401, 404, 429, 502];
 
-/// An upstream group's series: its response-time histogram, and its backends' attempt
-/// counters by outcome (index-aligned with the group's backends).
-#[derive(Debug)]
+/// An upstream group's series: the time to its backends' response headers.
+#[derive(Debug, Default)]
 pub struct GroupSeries {
-    duration: Series<Histogram>,
-    outcomes: Box<[[Series<IntCounter>; Outcome::COUNT]]>,
+    duration: OnceLock<Histogram>,
 }
 
-impl GroupSeries {
-    pub fn new(backends: usize) -> Self {
-        GroupSeries {
-            duration: Series::default(),
-            outcomes: (0..backends).map(|_| Default::default()).collect(),
-        }
-    }
+/// A backend's series: its attempt counters, by outcome.
+#[derive(Debug, Default)]
+pub struct BackendSeries {
+    attempts: [OnceLock<IntCounter>; Outcome::COUNT],
 }
 
 /// Registers a collector; names are static and unique, so this cannot fail in practice.
@@ -143,7 +123,7 @@ impl Metrics {
         group
             .series
             .duration
-            .get_or(|| self.upstream_duration.with_label_values(&[&group.name]))
+            .get_or_init(|| self.upstream_duration.with_label_values(&[&group.name]))
             .observe(after.as_secs_f64());
     }
 
@@ -156,9 +136,8 @@ impl Metrics {
                 outcome.as_str(),
             ])
         };
-        let kept = group.series.outcomes.get(backend.index);
-        match kept.and_then(|by_outcome| by_outcome.get(outcome as usize)) {
-            Some(series) => series.get_or(count).inc(),
+        match backend.series.attempts.get(outcome as usize) {
+            Some(series) => series.get_or_init(count).inc(),
             None => count().inc(),
         }
     }
@@ -178,14 +157,14 @@ impl Metrics {
         };
         let slot = COMMON_CODES.iter().position(|&c| c == status);
         match (route, slot) {
-            (Some((_, series)), Some(i)) => series.codes[i].get_or(count).inc(),
+            (Some((_, series)), Some(i)) => series.codes[i].get_or_init(count).inc(),
             _ => count().inc(),
         }
         let duration = || self.request_duration.with_label_values(&[name]);
         match route {
             Some((_, series)) => series
                 .duration
-                .get_or(duration)
+                .get_or_init(duration)
                 .observe(latency.as_secs_f64()),
             None => duration().observe(latency.as_secs_f64()),
         }

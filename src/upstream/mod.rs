@@ -12,7 +12,7 @@ pub mod selection;
 
 use crate::breaker::{Admission, GroupBreakers, ProbePermit, State, Transition};
 use crate::config::{HashKey, Selection, UpstreamConfig};
-use crate::metrics::GroupSeries;
+use crate::metrics::{BackendSeries, GroupSeries};
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
 use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
@@ -33,6 +33,8 @@ pub struct BackendState {
     /// `ip:port`, used in logs, metrics and the admin API.
     pub label: String,
     in_flight: AtomicU64,
+    /// This backend's metric series, kept for the request path.
+    pub series: BackendSeries,
 }
 
 impl BackendState {
@@ -42,6 +44,7 @@ impl BackendState {
             addr,
             label: addr.to_string(),
             in_flight: AtomicU64::new(0),
+            series: BackendSeries::default(),
         }
     }
 
@@ -177,7 +180,7 @@ impl Group {
             last_check: Mutex::new(None),
             check_running: AtomicBool::new(false),
             transitions: std::sync::OnceLock::new(),
-            series: GroupSeries::new(config.backends.len()),
+            series: GroupSeries::default(),
         }
     }
 
