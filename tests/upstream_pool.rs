@@ -80,7 +80,8 @@ fn idle_upstream_connection_within_its_timeout_is_reused() {
 }
 
 /// A backend that answers every request on a connection with `response` and never closes a
-/// connection itself; counts the connections it accepted.
+/// connection itself. Returns an edge config routing `/api` to it, and the count of the
+/// connections it accepted.
 fn raw_backend(response: &'static str) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -108,10 +109,7 @@ fn raw_backend(response: &'static str) -> (String, Arc<AtomicUsize>) {
             });
         }
     });
-    let config = format!(
-        "upstreams:\n  api:\n    backends: [\"{addr}\"]\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n"
-    );
-    (config, accepted)
+    (api_at(&format!("[\"{addr}\"]"), ""), accepted)
 }
 
 /// The backend's say on reuse is kept: `Connection: close`, and an HTTP/1.0 response without

@@ -8,9 +8,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 pub fn api(b: &Backend, group_extra: &str) -> String {
+    api_at(&backend_list(&[b]), group_extra)
+}
+
+/// A config with one route, `/api`, over the backends at `backends` (a YAML list).
+pub fn api_at(backends: &str, group_extra: &str) -> String {
     format!(
-        "upstreams:\n  api:\n    backends: {}\n{group_extra}\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n",
-        backend_list(&[b])
+        "upstreams:\n  api:\n    backends: {backends}\n{group_extra}\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n"
     )
 }
 
