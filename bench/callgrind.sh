@@ -36,7 +36,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
+# shellcheck source=lib/apt.sh
+. "$BENCH/lib/apt.sh"
+apt_need valgrind:valgrind || { echo "valgrind missing (apt-get install valgrind)" >&2; exit 1; }
 RAW=$BENCH/results/raw/$OUT-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RAW"
 # shellcheck source=lib/serve.sh

@@ -88,17 +88,10 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # --- tools ---------------------------------------------------------------------------------
-need=()
-for c in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client taskset:util-linux openssl:openssl; do
-  command -v "${c%%:*}" >/dev/null || need+=("${c##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]} (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || {
-    apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null
-  } || die "cannot install ${need[*]}"
-fi
+# shellcheck source=lib/apt.sh
+. "$BENCH/lib/apt.sh"
+apt_need nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client taskset:util-linux \
+  openssl:openssl || die "cannot install the benchmark tools from apt"
 [ "$(nproc)" -ge 2 ] || die "needs 2 cores (proxies on core 1, load generators on core 0)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" -ge $((MEM_CONNS + 1000)) ] || die "open files limit $(ulimit -n) too low for --mem-conns $MEM_CONNS"

@@ -27,8 +27,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-command -v perf >/dev/null || apt-get install -y -q linux-perf >/dev/null
-command -v perf >/dev/null || { echo "perf missing (apt-get install linux-perf)" >&2; exit 1; }
+# shellcheck source=lib/apt.sh
+. "$BENCH/lib/apt.sh"
+apt_need perf:linux-perf || { echo "perf missing (apt-get install linux-perf)" >&2; exit 1; }
 
 mkdir -p "$WORK"
 # shellcheck source=lib/serve.sh

@@ -22,7 +22,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-command -v strace >/dev/null || apt-get install -y -q strace >/dev/null
+# shellcheck source=lib/apt.sh
+. "$BENCH/lib/apt.sh"
+apt_need strace:strace || { echo "strace missing (apt-get install strace)" >&2; exit 1; }
 # shellcheck source=lib/serve.sh
 . "$BENCH/lib/serve.sh"
 serve "$WORK/syscalls-serve.log" "${ARGS[@]}" --targets "$TARGETS"

@@ -34,27 +34,20 @@ die() { log "error: $*"; exit 1; }
 
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-# apt_tool COMMAND PACKAGE: installs PACKAGE from apt unless COMMAND is already there.
-apt_tool() {
-  command -v "$1" >/dev/null && return 0
-  log "installing $2 for $1 (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q "$2" >/dev/null 2>&1 || {
-    apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null
-  }
-}
+# shellcheck source=../bench/lib/apt.sh
+. "$BENCH/lib/apt.sh"
 
 # llvm-profdata must read what rustc's LLVM writes: rustup's own (`rustup component add
 # llvm-tools`) when present, else Debian's llvm-N of the same major version.
 PROFDATA=$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata
 if [ ! -x "$PROFDATA" ]; then
   PROFDATA=llvm-profdata-$LLVM_MAJOR
-  apt_tool "$PROFDATA" "llvm-$LLVM_MAJOR" ||
+  apt_need "$PROFDATA:llvm-$LLVM_MAJOR" ||
     die "cannot install llvm-$LLVM_MAJOR: install it, or run \`rustup component add llvm-tools\`"
 fi
 BOLT_BIN=llvm-bolt-$LLVM_MAJOR
 if [ "$BOLT" = 1 ]; then
-  apt_tool "$BOLT_BIN" "bolt-$LLVM_MAJOR" || die "cannot install bolt-$LLVM_MAJOR (PGO_BOLT=0 skips BOLT)"
+  apt_need "$BOLT_BIN:bolt-$LLVM_MAJOR" || die "cannot install bolt-$LLVM_MAJOR (PGO_BOLT=0 skips BOLT)"
 fi
 
 # --target keeps RUSTFLAGS off build scripts and proc macros: only the binary is instrumented.
