@@ -71,7 +71,12 @@ impl Runtime {
                 let group = match old {
                     Some(g) if g.config == *cfg => g.clone(),
                     _ => {
-                        let group = Arc::new(Group::build(name, cfg, old.map(|g| g.as_ref())));
+                        let group = Arc::new(Group::build(
+                            name,
+                            cfg,
+                            config.server.header_case,
+                            old.map(|g| g.as_ref()),
+                        ));
                         let metrics = metrics.clone();
                         let _ = group.transitions.set(Box::new(move |g, b, t| {
                             metrics

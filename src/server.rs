@@ -147,6 +147,7 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     let mut options = HttpServerOptions::default();
     // Pingora counts reuses after the first request.
     options.keepalive_request_limit = Some(settings.keepalive_requests.saturating_sub(1));
+    options.normalize_header_case = settings.header_case.normalizes();
     proxy.server_options = Some(options);
     let app = CountConnections::new(
         deadline::wrap(proxy, settings.header_read_timeout),

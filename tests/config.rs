@@ -1,6 +1,6 @@
 //! Configuration rejections: every problem is reported with its YAML path, all at once.
 
-use tollgate::config::{ConfigError, FieldError};
+use tollgate::config::{ConfigError, FieldError, HeaderCase};
 use tollgate::Config;
 
 /// A minimal valid file (no TLS, so no certificate files are needed).
@@ -133,6 +133,21 @@ fn bad_header_size_limit_is_rejected() {
     let ok = format!("server: {{ max_request_header_size: 16KiB }}\n{VALID}");
     let c = Config::from_yaml(&ok).expect("16 KiB is accepted");
     assert_eq!(c.server.max_request_header_size, 16 * 1024);
+}
+
+/// The header case is `normalize` unless set; another word is refused at its path.
+#[test]
+fn header_case_is_normalize_preserve_or_refused() {
+    let c = Config::from_yaml(VALID).expect("valid");
+    assert_eq!(c.server.header_case, HeaderCase::Normalize);
+    let yaml = format!("server: {{ header_case: preserve }}\n{VALID}");
+    let c = Config::from_yaml(&yaml).expect("preserve is accepted");
+    assert_eq!(c.server.header_case, HeaderCase::Preserve);
+    let yaml = format!("server: {{ header_case: Title }}\n{VALID}");
+    assert_rejected(
+        &yaml,
+        "server.header_case: unknown header case \"Title\" (expected normalize or preserve)",
+    );
 }
 
 /// A PostgreSQL store URL whose TLS parameters cannot work is refused up front, at its path.

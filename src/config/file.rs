@@ -71,6 +71,7 @@ pub struct ServerFile {
     pub keepalive_requests: Option<u32>,
     pub upstream_keepalive_pool_size: Option<usize>,
     pub max_request_header_size: Option<ByteSize>,
+    pub header_case: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

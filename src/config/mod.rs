@@ -82,6 +82,26 @@ pub struct ServerSettings {
     pub upstream_keepalive_pool_size: usize,
     /// Largest request header (request line and fields) forwarded; larger ones get 431.
     pub max_request_header_size: usize,
+    /// How HTTP/1 header names are written on, in both directions.
+    pub header_case: HeaderCase,
+}
+
+/// How HTTP/1 header names read from a client or backend are written on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderCase {
+    /// In their canonical case: `Content-Type` for names `http` knows, lowercase for others
+    /// (as HAProxy and Envoy do). Field names are case-insensitive (RFC 9110 section 5.1).
+    #[default]
+    Normalize,
+    /// As received (as nginx does), for peers that wrongly match names case-sensitively.
+    /// Keeping the case costs a second header map per request and response.
+    Preserve,
+}
+
+impl HeaderCase {
+    pub fn normalizes(self) -> bool {
+        self == HeaderCase::Normalize
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

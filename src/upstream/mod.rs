@@ -11,7 +11,7 @@ pub mod health;
 pub mod selection;
 
 use crate::breaker::{Admission, GroupBreakers, ProbePermit, State, Transition};
-use crate::config::{HashKey, Selection, UpstreamConfig};
+use crate::config::{HashKey, HeaderCase, Selection, UpstreamConfig};
 use crate::metrics::{BackendSeries, GroupSeries};
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
@@ -114,8 +114,13 @@ pub enum Admitted {
 
 impl Group {
     /// Builds a group from its validated config; breakers of backends that stay in
-    /// `previous` keep their state.
-    pub fn build(name: &str, config: &UpstreamConfig, previous: Option<&Group>) -> Group {
+    /// `previous` keep their state. `header_case` is the server's, for response headers.
+    pub fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        header_case: HeaderCase,
+        previous: Option<&Group>,
+    ) -> Group {
         let backends: Vec<Arc<BackendState>> = config
             .backends
             .iter()
@@ -176,7 +181,7 @@ impl Group {
             balancer,
             backends,
             members,
-            peer_template: peer_template(config),
+            peer_template: peer_template(config, header_case),
             last_check: Mutex::new(None),
             check_running: AtomicBool::new(false),
             transitions: std::sync::OnceLock::new(),
@@ -321,7 +326,7 @@ where
     lb
 }
 
-fn peer_template(config: &UpstreamConfig) -> HttpPeer {
+fn peer_template(config: &UpstreamConfig, header_case: HeaderCase) -> HttpPeer {
     let (tls, sni) = match &config.tls {
         Some(t) => (true, t.sni.clone()),
         None => (false, String::new()),
@@ -334,6 +339,7 @@ fn peer_template(config: &UpstreamConfig) -> HttpPeer {
     o.read_timeout = Some(t.read);
     o.write_timeout = Some(t.write);
     o.idle_timeout = Some(t.idle);
+    o.normalize_header_case = header_case.normalizes();
     if let Some(tls) = &config.tls {
         o.verify_cert = tls.verify;
         o.verify_hostname = tls.verify;

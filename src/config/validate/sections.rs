@@ -28,6 +28,17 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
     if pool == 0 {
         errs.push("server.upstream_keepalive_pool_size", "must be at least 1");
     }
+    let header_case = match f.header_case.as_deref() {
+        None | Some("normalize") => HeaderCase::Normalize,
+        Some("preserve") => HeaderCase::Preserve,
+        Some(other) => {
+            errs.push(
+                "server.header_case",
+                format!("unknown header case {other:?} (expected normalize or preserve)"),
+            );
+            HeaderCase::Normalize
+        }
+    };
     ServerSettings {
         threads: threads.max(1),
         work_stealing: f.work_stealing.unwrap_or(false),
@@ -59,6 +70,7 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
         keepalive_requests,
         upstream_keepalive_pool_size: pool,
         max_request_header_size: max_header,
+        header_case,
     }
 }
 

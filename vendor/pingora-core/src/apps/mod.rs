@@ -93,6 +93,15 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Write HTTP/1 header names in their canonical case (`Content-Type`; lowercase for names
+    /// `http` does not know) instead of as the client or upstream sent them, as HAProxy and
+    /// Envoy do. Field names are case-insensitive (RFC 9110 section 5.1); keeping the case
+    /// costs a second header map per request and response (Tollgate patch 6). The upstream
+    /// side is [`PeerOptions::normalize_header_case`](crate::upstreams::peer::PeerOptions).
+    ///
+    /// Default: `false`
+    pub normalize_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -437,6 +446,10 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            let preserve_case = !self
+                .server_options()
+                .is_some_and(|opts| opts.normalize_header_case);
+            session.set_preserve_header_case(preserve_case);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -451,6 +464,7 @@ where
                     _ => None,
                 };
                 let mut session = ServerSession::new_http1(stream);
+                session.set_preserve_header_case(preserve_case);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

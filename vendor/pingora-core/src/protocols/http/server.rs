@@ -341,6 +341,15 @@ impl Session {
         }
     }
 
+    /// Whether request headers keep each name's case as received (the default). Noop for h2
+    /// (its names are lowercase) and subrequests. See
+    /// [`v1::server::HttpSession::set_preserve_header_case`](super::v1::server::HttpSession::set_preserve_header_case).
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        if let Self::H1(s) = self {
+            s.set_preserve_header_case(preserve);
+        }
+    }
+
     /// Get the number of times the upstream connection connection for this
     /// session can be reused via keepalive. Not applicable for h2 or
     /// subrequest

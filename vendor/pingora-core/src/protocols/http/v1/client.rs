@@ -67,6 +67,9 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// Whether a response header keeps each name's case as received (a second map), to write
+    /// it back out that way (Tollgate patch 6, see vendor/README.md).
+    preserve_header_case: bool,
     /// What reuse needs from a final response header that `read_resp_header_parts` handed out
     /// instead of copying; `response_header` then keeps only its status and version.
     /// (Tollgate patch, see vendor/README.md.)
@@ -115,6 +118,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            preserve_header_case: true,
             handed_out: None,
         }
     }
@@ -126,6 +130,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.set_preserve_header_case(!options.normalize_header_case);
         }
         session
     }
@@ -300,10 +305,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
+                        let size_hint = Some(resp.headers.len());
+                        let built = if self.preserve_header_case {
+                            ResponseHeader::build(resp.code.unwrap(), size_hint)
+                        } else {
+                            ResponseHeader::build_no_case(resp.code.unwrap(), size_hint)
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };
@@ -558,6 +566,14 @@ impl HttpSession {
 
     pub fn set_allow_h1_response_invalid_content_length(&mut self, allow: bool) {
         self.allow_h1_response_invalid_content_length = allow;
+    }
+
+    /// Whether a response header read from now on keeps each name's case as received (the
+    /// default). Without, names are written in their canonical case (`Content-Type`,
+    /// lowercase for names `http` does not know), and reading and changing the header costs
+    /// half as many map operations (Tollgate patch 6).
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        self.preserve_header_case = preserve;
     }
 
     pub(super) fn get_headers_raw(&self) -> &[u8] {

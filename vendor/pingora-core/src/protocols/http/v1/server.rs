@@ -120,6 +120,9 @@ pub struct HttpSession {
     min_send_rate: Option<usize>,
     /// When this is enabled informational response headers will not be proxied downstream
     ignore_info_resp: bool,
+    /// Tollgate patch 6 (vendor/README.md): whether the request header keeps each name's case
+    /// as received (a second map) to write it back out that way.
+    preserve_header_case: bool,
     /// Disable keepalive if response is sent before downstream body is finished
     close_on_response_before_downstream_finish: bool,
 
@@ -196,6 +199,7 @@ impl HttpSession {
             digest,
             min_send_rate: None,
             ignore_info_resp: false,
+            preserve_header_case: true,
             // default on to avoid rejecting requests after body as pipelined
             close_on_response_before_downstream_finish: true,
             keepalive_reuses_remaining: None,
@@ -349,12 +353,15 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
+                        let method = req.method.unwrap_or("");
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let size_hint = Some(req.headers.len());
+                        let mut request_header = Box::new(if self.preserve_header_case {
+                            RequestHeader::build(method, path, size_hint)?
+                        } else {
+                            RequestHeader::build_no_case(method, path, size_hint)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -726,6 +733,14 @@ impl HttpSession {
 
     pub fn set_keepalive_reuses_remaining(&mut self, remaining: Option<u32>) {
         self.keepalive_reuses_remaining = remaining;
+    }
+
+    /// Whether a request header read from now on keeps each name's case as received, to write
+    /// it back out that way (the default). Without, names are written in their canonical case
+    /// (`Content-Type`, lowercase for names `http` does not know), and reading and changing
+    /// the header costs half as many map operations (Tollgate patch 6).
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        self.preserve_header_case = preserve;
     }
 
     pub fn get_keepalive_reuses_remaining(&self) -> Option<u32> {
