@@ -111,7 +111,7 @@ impl<K> GroupBreakers<K> {
         self.max_ejected
     }
 
-    /// Selection filter for `LoadBalancer::select_with`: whether backend `i`
+    /// Selection filter for `Group::select`: whether backend `i`
     /// may be chosen.
     ///
     /// Lock-free. One atomic load when its breaker would admit; otherwise a

@@ -121,7 +121,7 @@ impl Group {
         let group = self.clone();
         tokio::spawn(async move {
             // Parallel within the group: one hung backend must not delay the verdict on others.
-            group.balancer.backends().run_health_check(true).await;
+            group.run_health_check().await;
             group.check_running.store(false, Ordering::Release);
         });
     }

@@ -15,9 +15,9 @@ use crate::config::{HashKey, HeaderCase, Selection, UpstreamConfig};
 use crate::metrics::{BackendSeries, GroupSeries};
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
-use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
+use pingora::lb::{Backend, Backends, HealthRegistry};
 use pingora::upstreams::peer::HttpPeer;
-use selection::Balancer;
+use selection::Selector;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,10 +80,13 @@ impl Drop for InFlight {
 pub struct Group {
     pub name: String,
     pub config: UpstreamConfig,
-    balancer: Balancer,
+    selector: Selector,
     backends: Vec<Arc<BackendState>>,
-    /// Pingora's view of the same backends (health is keyed by address and weight).
+    /// Pingora's view of the same backends, index-aligned with `backends`; health is keyed by
+    /// address and weight.
     members: Vec<Backend>,
+    /// Pingora's health verdicts for `members`.
+    view: Backends,
     /// Template cloned for each request: timeouts and TLS settings of this group.
     peer_template: HttpPeer,
     /// Index-aligned with `backends`; `None` without a `circuit_breaker` block.
@@ -128,7 +131,7 @@ impl Group {
             .map(|(i, b)| Arc::new(BackendState::new(i, b.address)))
             .collect();
         let use_weights = !matches!(config.selection, Selection::RoundRobin);
-        let set: BTreeSet<Backend> = config
+        let members: Vec<Backend> = config
             .backends
             .iter()
             .zip(&backends)
@@ -142,7 +145,7 @@ impl Group {
                 backend
             })
             .collect();
-        let members: Vec<Backend> = set.iter().cloned().collect();
+        let set: BTreeSet<Backend> = members.iter().cloned().collect();
         let health = config.health_check.as_ref().map(|hc| {
             let same_check = |p: &&Group| {
                 p.config.health_check == config.health_check && p.config.tls == config.tls
@@ -156,15 +159,8 @@ impl Group {
                 }
             }
         });
-        let h = health.as_ref();
-        let balancer = match config.selection {
-            Selection::RoundRobin | Selection::Weighted => {
-                Balancer::RoundRobin(load_balancer(set, h, name))
-            }
-            Selection::Random => Balancer::Random(load_balancer(set, h, name)),
-            Selection::LeastConn => Balancer::LeastConn(load_balancer(set, h, name)),
-            Selection::ConsistentHash(_) => Balancer::Consistent(load_balancer(set, h, name)),
-        };
+        let selector = Selector::build(&config.selection, &set);
+        let view = health_view(set, health.as_ref(), name);
         let breakers = config.circuit_breaker.as_ref().map(|bc| {
             let policy = Arc::new(bc.policy.clone());
             let keys = config.backends.iter().map(|b| b.address);
@@ -178,9 +174,10 @@ impl Group {
             breakers,
             health,
             config: config.clone(),
-            balancer,
+            selector,
             backends,
             members,
+            view,
             peer_template: peer_template(config, header_case),
             last_check: Mutex::new(None),
             check_running: AtomicBool::new(false),
@@ -198,42 +195,36 @@ impl Group {
     }
 
     /// Picks a backend: the first in the algorithm's order that is healthy, that its breaker
-    /// lets through, and that `accept` takes (the caller excludes backends this request
-    /// already tried). A breaker that loses a race for its last probe slot is skipped.
+    /// admits, and that `accept` takes (the caller excludes backends this request already
+    /// tried). A breaker that loses a race for its last probe slot is skipped.
     pub fn select(
         &self,
         key: &[u8],
         now: Instant,
         accept: impl Fn(&BackendState) -> bool,
     ) -> Option<(Arc<BackendState>, Admitted)> {
-        let mut refused: Vec<usize> = Vec::new();
-        loop {
-            let backend = self.balancer.select_with(key, |b, healthy| {
-                healthy
-                    && b.ext.get::<Arc<BackendState>>().is_some_and(|s| {
-                        accept(s)
-                            && !refused.contains(&s.index)
-                            && self
-                                .breakers
-                                .as_ref()
-                                .is_none_or(|br| br.allows(s.index, now))
-                    })
-            })?;
-            let state = backend.ext.get::<Arc<BackendState>>()?.clone();
+        self.selector.find(key, |backend, state| {
+            if !self.view.ready(backend) || !accept(state) {
+                return None;
+            }
             let Some(breakers) = &self.breakers else {
-                return Some((state, Admitted::Plain));
+                return Some((state.clone(), Admitted::Plain));
             };
+            if !breakers.allows(state.index, now) {
+                return None;
+            }
             let (admission, transition) = breakers.admit(state.index, now);
             if let Some(t) = transition {
-                self.on_transition(&state, t);
+                self.on_transition(state, t);
             }
-            match admission {
-                Admission::Allowed => return Some((state, Admitted::Plain)),
-                Admission::Probe(p) => return Some((state, Admitted::Probe(p))),
-                Admission::Overridden => return Some((state, Admitted::Overridden)),
-                Admission::Rejected => refused.push(state.index),
-            }
-        }
+            let admitted = match admission {
+                Admission::Allowed => Admitted::Plain,
+                Admission::Probe(p) => Admitted::Probe(p),
+                Admission::Overridden => Admitted::Overridden,
+                Admission::Rejected => return None,
+            };
+            Some((state.clone(), admitted))
+        })
     }
 
     /// Reports an attempt's result to the backend's breaker.
@@ -297,33 +288,35 @@ impl Group {
     /// Whether health checks currently let `backend` take traffic.
     pub fn is_healthy(&self, backend: &BackendState) -> bool {
         self.members
-            .iter()
-            .find(|m| m.addr == pingora::protocols::l4::socket::SocketAddr::Inet(backend.addr))
-            .is_some_and(|m| self.balancer.backends().ready(m))
+            .get(backend.index)
+            .is_some_and(|m| self.view.ready(m))
+    }
+
+    /// Runs one round of this group's health checks (every backend at once).
+    pub(super) async fn run_health_check(&self) {
+        self.view.run_health_check(true).await;
     }
 }
 
-fn load_balancer<S>(
+/// Pingora's view of a group's backends, for their health verdicts: from `registry` when the
+/// group checks health (shared with the group it replaced when the check is the same), all
+/// healthy otherwise.
+fn health_view(
     set: BTreeSet<Backend>,
-    health: Option<&Arc<HealthRegistry>>,
+    registry: Option<&Arc<HealthRegistry>>,
     name: &str,
-) -> LoadBalancer<S>
-where
-    S: pingora::lb::selection::BackendSelection + 'static,
-    S::Iter: pingora::lb::selection::BackendIter,
-{
-    let backends = match health {
+) -> Backends {
+    let view = match registry {
         Some(registry) => Backends::new_with_health_registry(Static::new(set), registry.clone()),
         None => Backends::new(Static::new(set)),
     };
-    let lb = LoadBalancer::from_backends(backends);
-    // Static discovery resolves immediately; this only publishes the set to the selector.
-    match lb.update().now_or_never() {
+    // Static discovery resolves immediately; this publishes the set to the view.
+    match view.update(|_| {}).now_or_never() {
         Some(Ok(())) => {}
         Some(Err(e)) => log::error!("upstream {name}: cannot publish backends: {e}"),
         None => log::error!("upstream {name}: static discovery did not complete"),
     }
-    lb
+    view
 }
 
 fn peer_template(config: &UpstreamConfig, header_case: HeaderCase) -> HttpPeer {

@@ -1,51 +1,102 @@
-//! Backend selection: one Pingora [`LoadBalancer`] per group, over the algorithm it configures.
+//! Backend selection: Pingora's algorithms over a group's fixed set of backends, walked here.
 //!
-//! Pingora's balancers are generic over the algorithm, so [`Balancer`] is the closed set of
-//! instantiations Tollgate offers. `round_robin` is Pingora's weighted rotation fed weight 1 for
-//! every backend; `weighted` feeds it the configured weights. `least_conn` is ours: Pingora has
-//! none (its source says `TODO: least conn`).
+//! The algorithms are Pingora's (`RoundRobin` is its weighted rotation, fed weight 1 for every
+//! backend unless the group is `weighted`; `Random`; `Consistent`, Ketama) plus `least_conn`,
+//! ours (Pingora's source says `TODO: least conn`). Pingora's `LoadBalancer::select_with`
+//! would walk them too, but it clones every candidate `Backend` (and its `ext` map) and keeps
+//! a `HashSet` of SipHashed backends to skip repeats; a group's set never changes while the
+//! group lives (a reload builds a new group), so [`Selector`] walks the algorithm's order
+//! itself and skips repeats by the backend's index.
 
 use super::BackendState;
+use crate::config::Selection;
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
-use pingora::lb::{Backend, LoadBalancer};
+use pingora::lb::Backend;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// The balancer of one group.
-pub enum Balancer {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
-    LeastConn(LoadBalancer<LeastConn>),
-    Consistent(LoadBalancer<Consistent>),
+/// A group's selection algorithm, built over its backends.
+pub enum Selector {
+    RoundRobin(Arc<RoundRobin>),
+    Random(Arc<Random>),
+    LeastConn(Arc<LeastConn>),
+    Consistent(Arc<Consistent>),
 }
 
-impl Balancer {
-    /// The first backend, in the algorithm's order, that `accept` takes.
-    ///
-    /// `accept(backend, healthy)` is the one place where health checks, breakers and "already
-    /// tried by this request" meet.
-    pub fn select_with<F>(&self, key: &[u8], accept: F) -> Option<Backend>
-    where
-        F: Fn(&Backend, bool) -> bool,
-    {
-        // Enough steps to visit every backend once even with weighted repeats and Ketama's ring.
-        const MAX_ITERATIONS: usize = 256;
-        match self {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
-            Balancer::Random(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
-            Balancer::LeastConn(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
-            Balancer::Consistent(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
+/// Enough steps to visit every backend once even with weighted repeats and Ketama's ring.
+const MAX_ITERATIONS: usize = 256;
+
+impl Selector {
+    /// Builds `selection` over `backends`, each carrying its `Arc<BackendState>` in `ext`.
+    pub fn build(selection: &Selection, backends: &BTreeSet<Backend>) -> Selector {
+        match selection {
+            Selection::RoundRobin | Selection::Weighted => {
+                Selector::RoundRobin(Arc::new(RoundRobin::build(backends)))
+            }
+            Selection::Random => Selector::Random(Arc::new(Random::build(backends))),
+            Selection::LeastConn => Selector::LeastConn(Arc::new(LeastConn::build(backends))),
+            Selection::ConsistentHash(_) => {
+                Selector::Consistent(Arc::new(Consistent::build(backends)))
+            }
         }
     }
 
-    pub fn backends(&self) -> &pingora::lb::Backends {
+    /// The first `pick(backend, state)` that is `Some`, trying backends in the algorithm's
+    /// order for `key`, each at most once, for at most [`MAX_ITERATIONS`] steps.
+    pub fn find<T>(
+        &self,
+        key: &[u8],
+        pick: impl FnMut(&Backend, &Arc<BackendState>) -> Option<T>,
+    ) -> Option<T> {
         match self {
-            Balancer::RoundRobin(lb) => lb.backends(),
-            Balancer::Random(lb) => lb.backends(),
-            Balancer::LeastConn(lb) => lb.backends(),
-            Balancer::Consistent(lb) => lb.backends(),
+            Selector::RoundRobin(s) => walk(s.iter(key), pick),
+            Selector::Random(s) => walk(s.iter(key), pick),
+            Selector::LeastConn(s) => walk(s.iter(key), pick),
+            Selector::Consistent(s) => walk(s.iter(key), pick),
         }
+    }
+}
+
+fn walk<T>(
+    mut order: impl BackendIter,
+    mut pick: impl FnMut(&Backend, &Arc<BackendState>) -> Option<T>,
+) -> Option<T> {
+    let mut tried = Tried::default();
+    for _ in 0..MAX_ITERATIONS {
+        let backend = order.next()?;
+        let Some(state) = backend.ext.get::<Arc<BackendState>>() else {
+            continue;
+        };
+        if tried.contains(state.index) {
+            continue;
+        }
+        if let Some(found) = pick(backend, state) {
+            return Some(found);
+        }
+        tried.insert(state.index);
+    }
+    None
+}
+
+/// Backend indexes already refused by this pick: a bitset, allocated on the first refusal,
+/// so a pick whose first choice is taken allocates nothing.
+#[derive(Default)]
+struct Tried(Vec<u64>);
+
+impl Tried {
+    fn contains(&self, index: usize) -> bool {
+        self.0
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+
+    fn insert(&mut self, index: usize) {
+        let word = index / 64;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (index % 64);
     }
 }
 
@@ -108,5 +159,66 @@ impl BackendIter for LeastConnIter {
         let idx = *self.order.get(self.pos)?;
         self.pos += 1;
         self.selection.backends.get(idx).map(|(b, _)| b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn set(weights: &[usize]) -> BTreeSet<Backend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
+                let mut backend = Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                    weight,
+                    ext: Default::default(),
+                };
+                backend.ext.insert(Arc::new(BackendState::new(i, addr)));
+                backend
+            })
+            .collect()
+    }
+
+    /// Every algorithm offers each backend once, however often weights repeat it, and a pick
+    /// that refuses them all ends with `None`.
+    #[test]
+    fn each_backend_is_offered_once_until_one_is_taken() {
+        let backends = set(&[3, 1, 2]);
+        for selection in [
+            Selection::RoundRobin,
+            Selection::Weighted,
+            Selection::Random,
+            Selection::LeastConn,
+            Selection::ConsistentHash(crate::config::HashKey::ClientIp),
+        ] {
+            let selector = Selector::build(&selection, &backends);
+            let mut offered = Vec::new();
+            let none: Option<()> = selector.find(b"key", |_, s| {
+                offered.push(s.index);
+                None
+            });
+            assert!(none.is_none());
+            offered.sort_unstable();
+            assert_eq!(offered, [0, 1, 2], "{selection:?}");
+
+            let taken = selector.find(b"key", |_, s| (s.index == 2).then_some(s.index));
+            assert_eq!(taken, Some(2), "{selection:?}");
+        }
+    }
+
+    /// The refused set grows past one word for large groups.
+    #[test]
+    fn refused_indexes_are_remembered_past_64() {
+        let mut tried = Tried::default();
+        assert!(!tried.contains(0) && !tried.contains(130));
+        tried.insert(130);
+        tried.insert(3);
+        assert!(tried.contains(130) && tried.contains(3));
+        assert!(!tried.contains(129) && !tried.contains(64) && !tried.contains(500));
     }
 }
