@@ -590,14 +590,18 @@ impl ResponseHeader {
     /// Then nothing changes, and neither map is written. For the headers a server sets on every
     /// response that the upstream's response usually carries already (`Date` within the same
     /// second, `Connection: keep-alive`). (Tollgate patch, see vendor/README.md.)
-    pub fn insert_header_unless_same(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+    pub fn insert_header_unless_same(
+        &mut self,
+        name: HeaderName,
+        value: HeaderValue,
+    ) -> Result<()> {
         let mut values = self.base.headers.get_all(&name).iter();
         if values.next() == Some(&value) && values.next().is_none() {
             let case = case_header_name::titled_header_name_str(&name).unwrap_or(name.as_str());
-            let same_case = self
-                .header_name_map
-                .as_ref()
-                .is_none_or(|m| m.get(&name).is_some_and(|c| c.as_slice() == case.as_bytes()));
+            let same_case = self.header_name_map.as_ref().is_none_or(|m| {
+                m.get(&name)
+                    .is_some_and(|c| c.as_slice() == case.as_bytes())
+            });
             if same_case {
                 return Ok(());
             }
@@ -966,6 +970,30 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
     header_value_from_raw(bytes::Bytes::copy_from_slice(raw))
 }
 
+/// Whether `bytes` holds a CR, LF or NUL, eight bytes at a time (Tollgate patch 4,
+/// vendor/README.md): every parsed header value is scanned, almost always finding none.
+fn has_cr_lf_nul(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const CRS: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    // Exact test for "some byte of x is zero".
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut buf = [0u8; 8];
+        buf.copy_from_slice(word);
+        let x = u64::from_ne_bytes(buf);
+        if has_zero(x) || has_zero(x ^ CRS) || has_zero(x ^ LFS) {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|b| matches!(b, b'\r' | b'\n' | b'\0'))
+}
+
 /// Normalize a header field value per RFC 9110 section 5.5 and RFC 9112
 /// section 5.2:
 ///
@@ -982,7 +1010,7 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
 /// [RFC 9110 section 5.5]: https://datatracker.ietf.org/doc/html/rfc9110#section-5.5
 fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     // Fast path: no CR/LF/NUL, nothing to do.
-    if !raw.iter().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
+    if !has_cr_lf_nul(&raw) {
         return raw;
     }
 
@@ -1778,6 +1806,26 @@ mod tests {
                 .map(|d| d.as_bytes())
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn has_cr_lf_nul_finds_each_at_every_position() {
+        for len in 0..20 {
+            let clean = vec![b'a'; len];
+            assert!(!has_cr_lf_nul(&clean), "len {len}");
+            // Bytes next to the searched ones, and high bytes, are not matches.
+            let near: Vec<u8> = (0..len)
+                .map(|i| [b'\x0c', b'\x0e', b'\x01', 0x80, 0xff][i % 5])
+                .collect();
+            assert!(!has_cr_lf_nul(&near), "len {len}");
+            for at in 0..len {
+                for b in [b'\r', b'\n', b'\0'] {
+                    let mut v = clean.clone();
+                    v[at] = b;
+                    assert!(has_cr_lf_nul(&v), "len {len} at {at} byte {b}");
+                }
+            }
+        }
     }
 
     #[test]
