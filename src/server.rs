@@ -150,7 +150,11 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     options.normalize_header_case = settings.header_case.normalizes();
     proxy.server_options = Some(options);
     let app = CountConnections::new(
-        deadline::wrap(proxy, settings.header_read_timeout),
+        deadline::wrap(
+            proxy,
+            settings.header_read_timeout,
+            settings.keepalive_timeout,
+        ),
         metrics.clone(),
         // Long enough for a request already on its way, leaving half the grace period for
         // HTTP/2 clients to move after their GOAWAY.

@@ -206,6 +206,20 @@ fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     );
 }
 
+/// Idle time counts against the keep-alive timeout, not the header timeout: a connection idle
+/// past the header timeout (2s) but within its keep-alive (5s) serves its next request.
+#[test]
+fn keepalive_connection_idle_past_the_header_timeout_still_serves() {
+    let b = Backend::start("b1");
+    let edge = start_with_server("keepalive_timeout: 5s", &api(&b, ""));
+    let mut client = KeepAlive::new(edge.http);
+    assert_eq!(client.get("/api/x").expect("response").status(), 200);
+    std::thread::sleep(Duration::from_millis(3000));
+    let resp = client.get("/api/x").expect("the connection is still open");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b.requests(), 2);
+}
+
 /// A request with both Content-Length and Transfer-Encoding is served, but its connection is
 /// not reused (the framing was ambiguous, so nothing after it can be trusted).
 #[test]

@@ -1,19 +1,23 @@
-//! A deadline for the whole request header, not just for each read.
+//! Deadlines for the whole request header and for the idle time between requests, kept with
+//! one timer per connection rather than one per request.
 //!
 //! Pingora times out each read of the request header separately, so a client that dribbles one
-//! byte every few seconds (slowloris) holds a connection forever. Two wrappers enforce a
-//! deadline for the whole header without a timer per request:
+//! byte every few seconds (slowloris) holds a connection forever; and it bounds the wait for a
+//! kept-alive connection's next request with a timer armed, polled and dropped for every
+//! request. Here:
 //!
-//! - [`ConnectionDeadline`] (per connection) makes the connection's `Due` slot, found through a
-//!   task-local, and writes into it when the first request's header is due: one header
+//! - [`ConnectionDeadline`] (per connection) makes the connection's [`Due`] slot, found through
+//!   a task-local, and writes into it when the first request's header is due: one header
 //!   timeout after the connection's start (HTTP/1 only);
 //! - [`HeaderDeadline`] (per HTTP/1 request, which Pingora starts at the request's first byte:
 //!   vendor/README.md, pingora-core patch 2) writes when its header is due, one header timeout
-//!   later, unless a due time is pending: the first request keeps the connection's;
-//! - the proxy clears the slot once the header is parsed ([`header_read`]);
-//! - [`ConnectionDeadline`] keeps one timer and closes the connection if it finds a header
-//!   overdue. It wakes at the due time of the header being waited for, or, with none, one
-//!   header timeout later: no header that starts afterwards can be due sooner.
+//!   later, unless a header is already due: the first request keeps the connection's;
+//! - the proxy marks the slot busy once the header is parsed ([`header_read`]), and idle once
+//!   the request is done ([`request_done`]): the next request must start within the keep-alive
+//!   timeout (Pingora is told to wait without a timer of its own: `keep_alive`);
+//! - [`ConnectionDeadline`] keeps one timer and closes the connection if it finds a header or
+//!   an idle period overdue. It wakes at the due time, or, while busy, one period later (the
+//!   shorter of the two timeouts): nothing that starts afterwards can be due sooner.
 //!
 //! So between requests a kept-alive connection is idle, bounded by the keep-alive timeout, and
 //! the next header is due one header timeout after its first byte, as nginx's
@@ -33,41 +37,66 @@ tokio::task_local! {
     static DUE: Arc<Due>;
 }
 
-/// When the header a connection is waiting for must be complete; `None` when it is not
-/// waiting. Only the connection's own task touches it, so the lock is never contended.
-#[derive(Debug, Default)]
-struct Due(Mutex<Option<Instant>>);
+/// What a connection waits for, and until when.
+#[derive(Debug, Clone, Copy, Default)]
+enum Wait {
+    /// Serving a request (or not HTTP/1): nothing is due.
+    #[default]
+    Busy,
+    /// The header of a request must be complete by then.
+    Header(Instant),
+    /// The next request must start by then.
+    Idle(Instant),
+}
+
+/// The connection's [`Wait`]. Only the connection's own task touches it, so the lock is
+/// never contended.
+#[derive(Debug)]
+struct Due {
+    wait: Mutex<Wait>,
+    keepalive_timeout: Duration,
+}
 
 impl Due {
-    fn set(&self, at: Option<Instant>) {
-        if let Ok(mut due) = self.0.lock() {
-            *due = at;
+    fn update(&self, f: impl FnOnce(Wait) -> Wait) {
+        if let Ok(mut wait) = self.wait.lock() {
+            *wait = f(*wait);
         }
     }
 
-    /// Sets `at` unless a due time is already pending (the first request's, from the
-    /// connection's start).
-    fn set_if_none(&self, at: Instant) {
-        if let Ok(mut due) = self.0.lock() {
-            due.get_or_insert(at);
-        }
-    }
-
-    fn get(&self) -> Option<Instant> {
-        self.0.lock().ok().and_then(|due| *due)
+    fn get(&self) -> Wait {
+        self.wait.lock().map_or(Wait::Busy, |wait| *wait)
     }
 }
 
 /// Called by the proxy once the request header is parsed.
 pub fn header_read() {
-    let _ = DUE.try_with(|due| due.set(None));
+    let _ = DUE.try_with(|due| due.update(|_| Wait::Busy));
 }
 
-/// Wraps an HTTP app with a request-header deadline: the connection level around the
+/// Called by the proxy when a request is done (`now`): the connection, if kept alive, is idle
+/// from now on. A header still due (the request failed before it was read) stays due.
+pub fn request_done(now: Instant) {
+    let _ = DUE.try_with(|due| {
+        due.update(|wait| match wait {
+            Wait::Busy => Wait::Idle(now + due.keepalive_timeout),
+            other => other,
+        })
+    });
+}
+
+/// What the proxy sets as a session's keep-alive: Pingora waits for the next request without
+/// a timer of its own (0 = no limit), as [`ConnectionDeadline`] bounds the idle time.
+pub fn keep_alive() -> Option<u64> {
+    Some(0)
+}
+
+/// Wraps an HTTP app with the connection's deadlines: the connection level around the
 /// request level.
 pub fn wrap<A: HttpServerApp>(
     app: A,
     header_timeout: Duration,
+    keepalive_timeout: Duration,
 ) -> ConnectionDeadline<HeaderDeadline<A>> {
     ConnectionDeadline {
         inner: Arc::new(HeaderDeadline {
@@ -75,6 +104,7 @@ pub fn wrap<A: HttpServerApp>(
             header_timeout,
         }),
         header_timeout,
+        keepalive_timeout,
     }
 }
 
@@ -82,6 +112,7 @@ pub fn wrap<A: HttpServerApp>(
 pub struct ConnectionDeadline<A> {
     inner: Arc<A>,
     header_timeout: Duration,
+    keepalive_timeout: Duration,
 }
 
 #[async_trait]
@@ -95,16 +126,23 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // An HTTP/2 connection's streams arrive with their headers parsed (h2 has its own
-        // limits); every other connection here is HTTP/1 (Tollgate enables no h2c), whose
-        // first header is due from now.
+        // limits and idle timeout); every other connection here is HTTP/1 (Tollgate enables no
+        // h2c), whose first header is due from now.
         let http2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let due = Arc::new(Due::default());
-        if !http2 {
-            due.set(Some(Instant::now() + self.header_timeout));
-        }
+        let now = Instant::now();
+        let due = Arc::new(Due {
+            wait: Mutex::new(if http2 {
+                Wait::Busy
+            } else {
+                Wait::Header(now + self.header_timeout)
+            }),
+            keepalive_timeout: self.keepalive_timeout,
+        });
+        // While busy, no header or idle period can start and be due sooner than this.
+        let period = self.header_timeout.min(self.keepalive_timeout);
         let connection = DUE.scope(due.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(connection);
-        let check = tokio::time::sleep(self.header_timeout);
+        let check = tokio::time::sleep(period);
         tokio::pin!(check);
         loop {
             tokio::select! {
@@ -113,12 +151,16 @@ where
                 () = &mut check => {
                     let now = Instant::now();
                     let next_check = match due.get() {
-                        Some(at) if at <= now => {
+                        Wait::Header(at) if at <= now => {
                             log::debug!("request header not complete in time, closing");
                             return None;
                         }
-                        Some(at) => at,
-                        None => now + self.header_timeout,
+                        Wait::Idle(at) if at <= now => {
+                            log::debug!("keep-alive connection idle too long, closing");
+                            return None;
+                        }
+                        Wait::Header(at) | Wait::Idle(at) => at,
+                        Wait::Busy => now + period,
                     };
                     check.as_mut().reset(next_check.into());
                 }
@@ -157,7 +199,12 @@ where
         // h2 streams arrive with their header already parsed; the h2 layer has its own limits.
         if !session.is_http2() {
             let due = Instant::now() + self.header_timeout;
-            let _ = DUE.try_with(|slot| slot.set_if_none(due));
+            let _ = DUE.try_with(|slot| {
+                slot.update(|wait| match wait {
+                    Wait::Header(first) => Wait::Header(first),
+                    Wait::Busy | Wait::Idle(_) => Wait::Header(due),
+                })
+            });
         }
         self.inner.process_new_http(session, shutdown)
     }

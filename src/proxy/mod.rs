@@ -52,7 +52,6 @@ pub struct Tollgate {
     clients: Option<Arc<Clients>>,
     draining: drain::Draining,
     access_log: Arc<AccessLog>,
-    keepalive_secs: u64,
     max_header_size: usize,
 }
 
@@ -71,7 +70,6 @@ impl Tollgate {
             clients,
             draining,
             access_log,
-            keepalive_secs: server.keepalive_timeout.as_secs().max(1),
             max_header_size: server.max_request_header_size,
         }
     }
@@ -96,7 +94,7 @@ impl ProxyHttp for Tollgate {
         // Only where Pingora keeps the connection (not HTTP/1.0 without keep-alive, not after
         // ambiguous framing such as Content-Length with Transfer-Encoding).
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.keepalive_secs));
+            session.set_keepalive(deadline::keep_alive());
         }
         Ok(())
     }
@@ -405,8 +403,10 @@ impl ProxyHttp for Tollgate {
         if let Some(route) = &ctx.route {
             ctx.upstream.end(&self.metrics, &route.group, outcome);
         }
-        // One clock read for the metric and the log line, so the two agree.
-        let latency = ctx.request.started.elapsed();
+        // One clock read for the metric, the log line and the idle deadline.
+        let now = Instant::now();
+        deadline::request_done(now);
+        let latency = now.saturating_duration_since(ctx.request.started);
         self.metrics.request_finished(
             ctx.route.as_deref().map(|r| (r.name.as_str(), &r.series)),
             status,

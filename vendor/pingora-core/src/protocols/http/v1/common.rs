@@ -319,6 +319,12 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
     Some(result)
 }
 
+/// [`parse_content_lengths`] of a map's `Content-Length` values.
+#[cfg(test)]
+pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    parse_content_lengths(headers.get_all(header::CONTENT_LENGTH))
+}
+
 /// Reconcile every `Content-Length` value (across duplicate header lines and
 /// comma-separated lists) into a single value, mirroring the behavior of
 /// hyper's `content_length_parse_all`
@@ -330,10 +336,6 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
-pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
-    parse_content_lengths(headers.get_all(header::CONTENT_LENGTH))
-}
-
 fn parse_content_lengths(values: http::header::GetAll<'_, http::HeaderValue>) -> Option<u64> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
@@ -398,7 +400,7 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// `Content-Length` fields having differing values (or a single invalid value)
 /// has invalid framing and the recipient MUST treat it as an unrecoverable
 /// error. Identical duplicates and comma-combined identical values are
-/// reconciled to a single value via [`content_length_parse_all`].
+/// reconciled to a single value via [`parse_content_lengths`].
 ///
 /// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
 /// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
