@@ -117,9 +117,13 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<Vec<String>, Vec<String>> {
-        let config = Config::load(&self.path).map_err(|e| e.errors())?;
+        let mut config = Config::load(&self.path).map_err(|e| e.errors())?;
         let current = self.runtime.load_full();
         let warnings = listener_changes(&current.config, &config);
+        // Server settings are bound at start (warned about above, on every reload that differs):
+        // the runtime keeps the running ones, so what it builds from them (an upstream group's
+        // header case) agrees with the listeners.
+        config.server = current.config.server.clone();
 
         let mut stores = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {

@@ -397,3 +397,39 @@ async fn reload_of_changed_group_keeps_health_of_backends_that_stay() {
     // The added backend starts healthy (checks then confirm it) and takes its share.
     assert!(added.requests() > 0, "the added backend got no traffic");
 }
+
+/// Server settings apply at start only: a reload that changes them warns, every time, and the
+/// runtime keeps the running ones, so what it rebuilds from them (an upstream group's header
+/// case) matches the listeners.
+#[test]
+fn reload_keeps_the_running_server_settings_and_warns_each_time() {
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    let edge = Edge::start(&config(&backend_list(&[&b1]), "", &["api"]));
+    let p = Placeholders {
+        https: edge.https,
+        http: edge.http,
+        dir: edge.dir.path().to_path_buf(),
+    };
+    // A new backend list, so the group is rebuilt.
+    let body = config(&backend_list(&[&b2]), "", &["api"]);
+    let server = base_config(&p).replacen("server:\n", "server:\n  header_case: preserve\n", 1);
+    std::fs::write(&edge.config_path, server + &body).expect("write config");
+    for reload in 1..=2 {
+        let outcome = edge.reloader.reload();
+        assert!(outcome.applied, "reload {reload}: {outcome:?}");
+        assert!(
+            outcome
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("server settings are not applied")),
+            "reload {reload}: {outcome:?}"
+        );
+        let runtime = edge.runtime.load();
+        assert_eq!(
+            runtime.config.server.header_case,
+            tollgate::config::HeaderCase::Normalize,
+            "reload {reload}"
+        );
+        assert_eq!(runtime.groups["api"].backends()[0].addr, b2.addr());
+    }
+}

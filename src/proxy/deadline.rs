@@ -14,7 +14,7 @@
 //!   later, unless a header is already due: the first request keeps the connection's;
 //! - the proxy marks the slot busy once the header is parsed ([`header_read`]), and idle once
 //!   the request is done ([`request_done`]): the next request must start within the keep-alive
-//!   timeout (Pingora is told to wait without a timer of its own: `keep_alive`);
+//!   timeout (Pingora is told to wait without a timer of its own: [`KEEP_ALIVE`]);
 //! - [`ConnectionDeadline`] keeps one timer and closes the connection if it finds a header or
 //!   an idle period overdue. It wakes at the due time, or, while busy, one period later (the
 //!   shorter of the two timeouts): nothing that starts afterwards can be due sooner.
@@ -87,9 +87,7 @@ pub fn request_done(now: Instant) {
 
 /// What the proxy sets as a session's keep-alive: Pingora waits for the next request without
 /// a timer of its own (0 = no limit), as [`ConnectionDeadline`] bounds the idle time.
-pub fn keep_alive() -> Option<u64> {
-    Some(0)
-}
+pub const KEEP_ALIVE: Option<u64> = Some(0);
 
 /// Wraps an HTTP app with the connection's deadlines: the connection level around the
 /// request level.

@@ -94,7 +94,7 @@ impl ProxyHttp for Tollgate {
         // Only where Pingora keeps the connection (not HTTP/1.0 without keep-alive, not after
         // ambiguous framing such as Content-Length with Transfer-Encoding).
         if session.get_keepalive().is_some() {
-            session.set_keepalive(deadline::keep_alive());
+            session.set_keepalive(deadline::KEEP_ALIVE);
         }
         Ok(())
     }
