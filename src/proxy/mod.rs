@@ -33,6 +33,7 @@ use crate::routing::{normalize_path, strip_prefix};
 use crate::runtime::{Route, SharedRuntime};
 use async_trait::async_trait;
 use ctx::{Ctx, Outcome, RequestMeta};
+use futures::future::BoxFuture;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora::modules::http::HttpModules;
@@ -436,34 +437,37 @@ impl ProxyHttp for Tollgate {
 
 impl Tollgate {
     /// Answers a request the gate refused (401, 429, or 503 without a client registry).
-    async fn refuse(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        route: &Route,
+    /// Boxed, like [`reply`]: a cold path kept out of `request_filter`'s future.
+    fn refuse<'a>(
+        &'a self,
+        session: &'a mut Session,
+        ctx: &'a mut Ctx,
+        route: &'a Route,
         refusal: gate::Refusal,
-    ) -> Result<bool> {
-        let mut extra: Vec<(&StaticHeaderName, HeaderValue)> = Vec::new();
-        let (code, message) = match refusal {
-            gate::Refusal::Unauthorized(e) => (401, e.to_string()),
-            gate::Refusal::NoRegistry => {
-                log::error!(
-                    "route {}: auth api_key but no client registry is open (the clients \
-                     section needs a restart to take effect)",
-                    route.name
-                );
-                (503, "client registry unavailable".to_string())
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let mut extra: Vec<(&StaticHeaderName, HeaderValue)> = Vec::new();
+            let (code, message) = match refusal {
+                gate::Refusal::Unauthorized(e) => (401, e.to_string()),
+                gate::Refusal::NoRegistry => {
+                    log::error!(
+                        "route {}: auth api_key but no client registry is open (the clients \
+                         section needs a restart to take effect)",
+                        route.name
+                    );
+                    (503, "client registry unavailable".to_string())
+                }
+                gate::Refusal::Limited { retry_after_secs } => {
+                    extra.push((&names::RETRY_AFTER, HeaderValue::from(retry_after_secs)));
+                    (429, "rate limit exceeded".to_string())
+                }
+            };
+            if !ctx.limit_headers.is_empty() {
+                extra.extend(std::mem::take(&mut ctx.limit_headers).into_header_values()?);
             }
-            gate::Refusal::Limited { retry_after_secs } => {
-                extra.push((&names::RETRY_AFTER, HeaderValue::from(retry_after_secs)));
-                (429, "rate limit exceeded".to_string())
-            }
-        };
-        if !ctx.limit_headers.is_empty() {
-            extra.extend(std::mem::take(&mut ctx.limit_headers).into_header_values()?);
-        }
-        respond::write_error_with(session, code, &message, &ctx.request.id, extra).await?;
-        Ok(true)
+            respond::write_error_with(session, code, &message, &ctx.request.id, extra).await?;
+            Ok(true)
+        })
     }
 
     /// Whether this request may make another attempt for `reason`; takes budget when it may.
@@ -527,9 +531,18 @@ fn header_size(req: &RequestHeader) -> usize {
 }
 
 /// Writes a decided response and ends the request.
-async fn reply(session: &mut Session, ctx: &Ctx, code: u16, message: &str) -> Result<bool> {
-    respond::write_error(session, code, message, &ctx.request.id).await?;
-    Ok(true)
+/// Answers with a JSON error. Boxed: a cold path whose future would otherwise be part of
+/// `request_filter`'s, which every request allocates and moves whole (bench/results/cg-cold-box.md).
+fn reply<'a>(
+    session: &'a mut Session,
+    ctx: &'a Ctx,
+    code: u16,
+    message: &'a str,
+) -> BoxFuture<'a, Result<bool>> {
+    Box::pin(async move {
+        respond::write_error(session, code, message, &ctx.request.id).await?;
+        Ok(true)
+    })
 }
 
 /// The status a failed request is answered with (0: the client is gone, write nothing). A
