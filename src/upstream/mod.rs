@@ -293,7 +293,7 @@ impl Group {
     }
 
     /// Pingora's verdict on `member`. Without health checks every backend is healthy, and
-    /// Pingora's hashed lookup (~670 instructions per pick, cg-selection.md) is skipped.
+    /// Pingora's hashed lookup (~670 instructions per pick, bench/results/analysis.md) is skipped.
     fn ready(&self, member: &Backend) -> bool {
         self.health.is_none() || self.view.ready(member)
     }
