@@ -9,16 +9,6 @@ use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// Like [`start`], with `setting` added to the `server` section.
-fn start_with_server(setting: &str, body: &str) -> Edge {
-    Edge::start_with(|p| {
-        let anchor = "  header_read_timeout: 2s\n";
-        let base = base_config(p);
-        assert!(base.contains(anchor), "base config changed shape");
-        base.replacen(anchor, &format!("{anchor}  {setting}\n"), 1) + body
-    })
-}
-
 /// Dribbles one more header byte every ~300 ms on `tcp` until the edge cuts it off (closes
 /// it, or answers before closing); returns how long after `since` that was, or `None` if the
 /// connection is still open after 10 s. `between` runs after each byte, with the time so far.
@@ -74,7 +64,7 @@ fn slowloris_is_disconnected_by_header_deadline() {
 #[test]
 fn slowloris_on_a_reused_connection_is_cut_off_a_header_timeout_after_its_first_byte() {
     let b = Backend::start("b1");
-    let edge = start_with_server("keepalive_timeout: 5s", &api(&b, ""));
+    let edge = Edge::start_with_server("keepalive_timeout: 5s", &api(&b, ""));
     let mut client = KeepAlive::new(edge.http);
     assert_eq!(client.get("/api/x").expect("response").status(), 200);
     let mut tcp = client.reader.into_inner();
@@ -111,7 +101,7 @@ fn idle_new_connection_is_closed_by_header_deadline() {
 #[test]
 fn keepalive_requests_caps_requests_per_connection() {
     let b = Backend::start("b1");
-    let edge = start_with_server("keepalive_requests: 3", &api(&b, ""));
+    let edge = Edge::start_with_server("keepalive_requests: 3", &api(&b, ""));
     let mut client = KeepAlive::new(edge.http);
     let mut served = 0;
     for _ in 0..10 {
@@ -187,7 +177,7 @@ fn http10_keepalive_is_honoured_when_asked() {
 #[test]
 fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     let b = Backend::start("b1");
-    let edge = start_with_server("keepalive_timeout: 1s", &api(&b, ""));
+    let edge = Edge::start_with_server("keepalive_timeout: 1s", &api(&b, ""));
     let mut client = KeepAlive::new(edge.http);
     let resp = client.get("/api/x").expect("response");
     assert_eq!(resp.status(), 200);
@@ -211,7 +201,7 @@ fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 #[test]
 fn keepalive_connection_idle_past_the_header_timeout_still_serves() {
     let b = Backend::start("b1");
-    let edge = start_with_server("keepalive_timeout: 5s", &api(&b, ""));
+    let edge = Edge::start_with_server("keepalive_timeout: 5s", &api(&b, ""));
     let mut client = KeepAlive::new(edge.http);
     assert_eq!(client.get("/api/x").expect("response").status(), 200);
     std::thread::sleep(Duration::from_millis(3000));

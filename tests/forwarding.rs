@@ -333,39 +333,6 @@ fn redirect_closes_http10_connection() {
     );
 }
 
-/// A backend on a raw socket that answers every request with `response` and hands the first
-/// request head it read to the test.
-fn recording_backend(response: &'static str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    match reader.read_line(&mut line) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) if line == "\r\n" => {
-                            let _ = tx.send(std::mem::take(&mut head));
-                            if stream.write_all(response.as_bytes()).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => head.push_str(&line),
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
 /// Header names go on in their canonical case by default (`Content-Type`, lowercase for
 /// unknown names) and exactly as received with `server.header_case: preserve`, both ways.
 #[test]
@@ -386,20 +353,14 @@ fn header_names_are_normalized_unless_case_is_preserved() {
             ["CONTENT-type: text/plain", "X-Backend-Thing: a"],
         ),
     ] {
-        let (addr, heads) = recording_backend(RESPONSE);
-        let body = common::raw::api_at(&format!("[\"{addr}\"]"), "");
-        let edge = Edge::start_with(|p| {
-            let server = if preserve {
-                "  header_case: preserve\n"
-            } else {
-                ""
-            };
-            base_config(p).replacen("server:\n", &format!("server:\n{server}"), 1) + &body
-        });
+        let backend = common::raw::FixedBackend::start(RESPONSE);
+        let edge = if preserve {
+            Edge::start_with_server("header_case: preserve", &backend.config())
+        } else {
+            Edge::start(&backend.config())
+        };
         let response = raw(edge.http, request);
-        let upstream = heads
-            .recv_timeout(Duration::from_secs(10))
-            .expect("backend got a request");
+        let upstream = backend.next_head();
         let sent: Vec<&str> = upstream.lines().map(str::trim_end).collect();
         let got: Vec<&str> = response.lines().map(str::trim_end).collect();
         for line in request_lines {

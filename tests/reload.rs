@@ -405,14 +405,9 @@ async fn reload_of_changed_group_keeps_health_of_backends_that_stay() {
 fn reload_keeps_the_running_server_settings_and_warns_each_time() {
     let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
     let edge = Edge::start(&config(&backend_list(&[&b1]), "", &["api"]));
-    let p = Placeholders {
-        https: edge.https,
-        http: edge.http,
-        dir: edge.dir.path().to_path_buf(),
-    };
     // A new backend list, so the group is rebuilt.
     let body = config(&backend_list(&[&b2]), "", &["api"]);
-    let server = base_config(&p).replacen("server:\n", "server:\n  header_case: preserve\n", 1);
+    let server = base_config_with(&edge.placeholders(), "header_case: preserve");
     std::fs::write(&edge.config_path, server + &body).expect("write config");
     for reload in 1..=2 {
         let outcome = edge.reloader.reload();

@@ -5,10 +5,6 @@
 mod common;
 use common::raw::*;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The status of `GET /api/x` on the client's one connection. The edge reads each request on
@@ -79,39 +75,6 @@ fn idle_upstream_connection_within_its_timeout_is_reused() {
     assert_eq!(b.connections(), 1, "the pooled connection was reused");
 }
 
-/// A backend that answers every request on a connection with `response` and never closes a
-/// connection itself. Returns an edge config routing `/api` to it, and the count of the
-/// connections it accepted.
-fn raw_backend(response: &'static str) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            count.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match reader.read_line(&mut line) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) if line == "\r\n" => {
-                            if stream.write_all(response.as_bytes()).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                    }
-                }
-            });
-        }
-    });
-    (api_at(&format!("[\"{addr}\"]"), ""), accepted)
-}
-
 /// The backend's say on reuse is kept: `Connection: close`, and an HTTP/1.0 response without
 /// keep-alive, make the edge open a new connection per request although the backend leaves
 /// the old one open; `Keep-Alive` and HTTP/1.1 by default keep one connection.
@@ -133,14 +96,14 @@ fn backend_response_decides_whether_its_connection_is_reused() {
         ),
         ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1),
     ] {
-        let (config, accepted) = raw_backend(response);
-        let edge = Edge::start(&config);
+        let backend = FixedBackend::start(response);
+        let edge = Edge::start(&backend.config());
         let mut client = KeepAlive::new(edge.http);
         for _ in 0..3 {
             assert_eq!(status(&mut client), 200, "{response:?}");
         }
         assert_eq!(
-            accepted.load(Ordering::SeqCst),
+            backend.connections(),
             connections,
             "upstream connections for {response:?}"
         );

@@ -114,10 +114,23 @@ logging: {{ level: warn, access_log: false }}
     )
 }
 
+/// `base_config` with one more `server` setting (`key: value`).
+pub fn base_config_with(p: &Placeholders, setting: &str) -> String {
+    let anchor = "  header_read_timeout: 2s\n";
+    let base = base_config(p);
+    assert!(base.contains(anchor), "base config changed shape");
+    base.replacen(anchor, &format!("{anchor}  {setting}\n"), 1)
+}
+
 impl Edge {
     /// Starts an edge whose config is `base_config` + `body` (upstreams, routes, ...).
     pub fn start(body: &str) -> Edge {
         Self::start_with(|p| format!("{}{body}", base_config(p)))
+    }
+
+    /// Starts an edge with one more `server` setting (`key: value`) than `start`.
+    pub fn start_with_server(setting: &str, body: &str) -> Edge {
+        Self::start_with(|p| base_config_with(p, setting) + body)
     }
 
     /// Starts an edge from a whole config built from the placeholders.
@@ -167,15 +180,19 @@ impl Edge {
         client_builder(self.https).build().expect("client")
     }
 
-    /// Rewrites the config file (for reload tests).
-    pub fn write_config(&self, body: &str) {
-        let p = Placeholders {
+    /// The placeholders this edge's config was filled with.
+    pub fn placeholders(&self) -> Placeholders {
+        Placeholders {
             https: self.https,
             http: self.http,
             dir: self.dir.path().to_path_buf(),
-        };
-        std::fs::write(&self.config_path, format!("{}{body}", base_config(&p)))
-            .expect("write config");
+        }
+    }
+
+    /// Rewrites the config file (for reload tests).
+    pub fn write_config(&self, body: &str) {
+        let config = format!("{}{body}", base_config(&self.placeholders()));
+        std::fs::write(&self.config_path, config).expect("write config");
     }
 }
 

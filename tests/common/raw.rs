@@ -4,7 +4,10 @@
 use super::backend_list;
 use super::Backend;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub fn api(b: &Backend, group_extra: &str) -> String {
@@ -122,4 +125,69 @@ pub fn get_status(addr: SocketAddr, path: &str) -> u16 {
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tcp.write_all(req.as_bytes()).expect("write");
     read_response(&mut BufReader::new(tcp)).map_or(0, |r| r.status())
+}
+
+/// A backend on a raw socket, for responses the demo backend cannot give: it answers every
+/// request head on a connection with `response`, never closes a connection itself, and
+/// counts connections and keeps each request head it read.
+pub struct FixedBackend {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    heads: Receiver<String>,
+}
+
+impl FixedBackend {
+    pub fn start(response: &'static str) -> FixedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (tx, heads) = channel();
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => {
+                                let _ = tx.send(std::mem::take(&mut head));
+                                if stream.write_all(response.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => head.push_str(&line),
+                        }
+                    }
+                });
+            }
+        });
+        FixedBackend {
+            addr,
+            accepted,
+            heads,
+        }
+    }
+
+    /// An edge config routing `/api` to this backend.
+    pub fn config(&self) -> String {
+        api_at(&format!("[\"{}\"]", self.addr), "")
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The next request head read (request line and fields), waiting up to 10 s.
+    pub fn next_head(&self) -> String {
+        self.heads
+            .recv_timeout(Duration::from_secs(10))
+            .expect("backend got a request")
+    }
 }
