@@ -38,10 +38,9 @@ tokio::task_local! {
 }
 
 /// What a connection waits for, and until when.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 enum Wait {
     /// Serving a request (or not HTTP/1): nothing is due.
-    #[default]
     Busy,
     /// The header of a request must be complete by then.
     Header(Instant),

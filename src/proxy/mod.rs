@@ -530,9 +530,9 @@ fn header_size(req: &RequestHeader) -> usize {
     req.method.as_str().len() + target + LINE + fields
 }
 
-/// Writes a decided response and ends the request.
-/// Answers with a JSON error. Boxed: a cold path whose future would otherwise be part of
-/// `request_filter`'s, which every request allocates and moves whole (bench/results/cg-cold-box.md).
+/// Answers with a JSON error and ends the request. Boxed: a cold path whose future would
+/// otherwise be part of `request_filter`'s, which every request allocates and moves whole
+/// (bench/results/cg-cold-box.md).
 fn reply<'a>(
     session: &'a mut Session,
     ctx: &'a Ctx,

@@ -135,15 +135,7 @@ impl Group {
             .backends
             .iter()
             .zip(&backends)
-            .map(|(b, state)| {
-                let mut backend = Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.address),
-                    weight: if use_weights { b.weight as usize } else { 1 },
-                    ext: Default::default(),
-                };
-                backend.ext.insert(state.clone());
-                backend
-            })
+            .map(|(b, state)| member(state, if use_weights { b.weight as usize } else { 1 }))
             .collect();
         let set: BTreeSet<Backend> = members.iter().cloned().collect();
         let health = config.health_check.as_ref().map(|hc| {
@@ -302,6 +294,18 @@ impl Group {
     pub(super) async fn run_health_check(&self) {
         self.view.run_health_check(true).await;
     }
+}
+
+/// Pingora's view of one backend: its address and `weight`, carrying its state in `ext` for
+/// the selector.
+fn member(state: &Arc<BackendState>, weight: usize) -> Backend {
+    let mut backend = Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(state.addr),
+        weight,
+        ext: Default::default(),
+    };
+    backend.ext.insert(state.clone());
+    backend
 }
 
 /// Pingora's view of a group's backends, for their health verdicts: from `registry` when the

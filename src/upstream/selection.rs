@@ -173,13 +173,7 @@ mod tests {
             .enumerate()
             .map(|(i, &weight)| {
                 let addr = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
-                let mut backend = Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-                    weight,
-                    ext: Default::default(),
-                };
-                backend.ext.insert(Arc::new(BackendState::new(i, addr)));
-                backend
+                crate::upstream::member(&Arc::new(BackendState::new(i, addr)), weight)
             })
             .collect()
     }
