@@ -277,14 +277,14 @@ fn bench_request_path(c: &mut Criterion) {
 
     // upstream_request_filter: X-Forwarded-For + four header insertions; response_filter: one.
     g.bench_function("forwarded_for", |b| {
-        b.iter(|| forwarding::forwarded_for(&trusted, black_box(loopback), None))
+        b.iter(|| forwarding::forwarded_for(&trusted, black_box(loopback), &req.headers))
     });
     g.bench_function("upstream_headers_insert4", |b| {
         let id = RequestId::generate();
         b.iter_batched(
             || req.clone(),
             |mut up| {
-                let xff = forwarding::forwarded_for(&trusted, loopback, None);
+                let xff = forwarding::forwarded_for(&trusted, loopback, &up.headers);
                 let _ = up.insert_header(&names::X_FORWARDED_FOR, xff);
                 let _ =
                     up.insert_header(&names::X_FORWARDED_PROTO, HeaderValue::from_static("https"));

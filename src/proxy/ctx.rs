@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{Route, Runtime};
 use crate::upstream::{Admitted, BackendState, Group, InFlight};
 use pingora::http::RequestHeader;
+use smallvec::SmallVec;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,15 +71,12 @@ impl Default for RequestMeta {
 impl RequestMeta {
     /// Reads identity from the request: client ip and a kept or generated request id.
     pub fn read(req: &RequestHeader, peer: IpAddr, trusted: &TrustedProxies) -> Self {
-        let forwarded_for = req
-            .headers
-            .get(names::X_FORWARDED_FOR.name())
-            .map(|v| v.as_bytes());
-        let client_ip = trusted.client_ip(peer, forwarded_for);
-        let id = req
-            .headers
-            .get(names::X_REQUEST_ID.name())
-            .filter(|_| trusted.contains(peer))
+        let client_ip = trusted.client_ip(peer, &req.headers);
+        // Looked up only for a trusted peer: most requests have none to look for.
+        let id = trusted
+            .contains(peer)
+            .then(|| req.headers.get(names::X_REQUEST_ID.name()))
+            .flatten()
             .and_then(RequestId::keep)
             .unwrap_or_else(RequestId::generate);
         RequestMeta {
@@ -94,8 +92,9 @@ impl RequestMeta {
 /// The backends this request tried, and the one it is on now.
 #[derive(Default)]
 pub struct Attempts {
-    /// Addresses tried so far, in order; a retry never picks one of these again.
-    pub tried: Vec<SocketAddr>,
+    /// Addresses tried so far, in order; a retry never picks one of these again. Two fit
+    /// inline (a request and its first retry), so a request allocates nothing for them.
+    pub tried: SmallVec<[SocketAddr; 2]>,
     current: Option<InFlight>,
     /// The breaker's decision for the current attempt, until its result is reported.
     admitted: Option<Admitted>,

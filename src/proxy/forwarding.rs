@@ -7,7 +7,7 @@
 use super::names;
 use crate::logging::write_ip;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -27,13 +27,14 @@ impl TrustedProxies {
 
     /// The client address: the socket peer, unless it is a trusted proxy, in which case the
     /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (the standard
-    /// right-to-left walk, so a client cannot prepend a fake address).
-    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&[u8]>) -> IpAddr {
+    /// right-to-left walk, so a client cannot prepend a fake address). `headers` are looked
+    /// at only for a trusted peer.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = canonical(peer);
         if !self.contains(peer) {
             return peer;
         }
-        let Some(xff) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok()) else {
+        let Some(xff) = incoming_forwarded_for(headers) else {
             return peer;
         };
         let mut client = peer;
@@ -66,15 +67,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The `X-Forwarded-For` value to send upstream: the trusted chain plus the peer, or only the
 /// client when the peer is not trusted (its claims are dropped, not passed on).
-pub fn forwarded_for(
-    trusted: &TrustedProxies,
-    peer: IpAddr,
-    incoming: Option<&[u8]>,
-) -> HeaderValue {
+pub fn forwarded_for(trusted: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
     let peer = canonical(peer);
     let mut out = Vec::with_capacity(48);
     if trusted.contains(peer) {
-        if let Some(prev) = incoming.and_then(|v| std::str::from_utf8(v).ok()) {
+        if let Some(prev) = incoming_forwarded_for(headers) {
             let prev = prev.trim();
             if !prev.is_empty() {
                 out.extend_from_slice(prev.as_bytes());
@@ -85,6 +82,12 @@ pub fn forwarded_for(
     write_ip(&mut out, peer);
     // Cannot fail: `incoming` came from a header value and an address is ASCII.
     HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(EMPTY)
+}
+
+/// The request's `X-Forwarded-For`, when it is text.
+fn incoming_forwarded_for(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(names::X_FORWARDED_FOR.name())?;
+    std::str::from_utf8(value.as_bytes()).ok()
 }
 
 /// An incoming request id we keep: short, visible ASCII, from a trusted peer.
@@ -158,12 +161,21 @@ mod tests {
         s.parse().expect("ip")
     }
 
+    /// Request headers with this `X-Forwarded-For`, or none.
+    fn xff(value: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = value {
+            headers.insert(names::X_FORWARDED_FOR.name(), v.parse().expect("value"));
+        }
+        headers
+    }
+
     /// An untrusted peer's X-Forwarded-For is ignored: the client is the peer.
     #[test]
     fn spoofed_forwarded_for_from_untrusted_peer_is_ignored() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            t.client_ip(ip("203.0.113.9"), Some(b"1.2.3.4")),
+            t.client_ip(ip("203.0.113.9"), &xff(Some("1.2.3.4"))),
             ip("203.0.113.9")
         );
     }
@@ -172,8 +184,8 @@ mod tests {
     #[test]
     fn trusted_chain_yields_rightmost_untrusted_hop() {
         let t = trusted(&["10.0.0.0/8"]);
-        let xff = b"6.6.6.6, 198.51.100.7, 10.1.1.1";
-        assert_eq!(t.client_ip(ip("10.0.0.2"), Some(xff)), ip("198.51.100.7"));
+        let chain = xff(Some("6.6.6.6, 198.51.100.7, 10.1.1.1"));
+        assert_eq!(t.client_ip(ip("10.0.0.2"), &chain), ip("198.51.100.7"));
     }
 
     /// A malformed entry stops the walk at the last address we could trust.
@@ -181,7 +193,7 @@ mod tests {
     fn malformed_hop_stops_the_walk() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            t.client_ip(ip("10.0.0.2"), Some(b"junk, 10.3.3.3")),
+            t.client_ip(ip("10.0.0.2"), &xff(Some("junk, 10.3.3.3"))),
             ip("10.3.3.3")
         );
     }
@@ -198,17 +210,26 @@ mod tests {
     fn forwarded_for_extends_only_trusted_chains() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            forwarded_for(&t, ip("10.0.0.2"), Some(b"1.1.1.1")),
+            forwarded_for(&t, ip("10.0.0.2"), &xff(Some("1.1.1.1"))),
             "1.1.1.1, 10.0.0.2"
         );
         assert_eq!(
-            forwarded_for(&t, ip("8.8.8.8"), Some(b"1.1.1.1")),
+            forwarded_for(&t, ip("8.8.8.8"), &xff(Some("1.1.1.1"))),
             "8.8.8.8"
         );
-        assert_eq!(forwarded_for(&t, ip("10.0.0.2"), Some(b"  ")), "10.0.0.2");
-        assert_eq!(forwarded_for(&t, ip("10.0.0.2"), None), "10.0.0.2");
-        assert_eq!(forwarded_for(&t, ip("2001:db8::1"), None), "2001:db8::1");
-        assert_eq!(forwarded_for(&t, ip("::ffff:10.0.0.2"), None), "10.0.0.2");
+        assert_eq!(
+            forwarded_for(&t, ip("10.0.0.2"), &xff(Some("  "))),
+            "10.0.0.2"
+        );
+        assert_eq!(forwarded_for(&t, ip("10.0.0.2"), &xff(None)), "10.0.0.2");
+        assert_eq!(
+            forwarded_for(&t, ip("2001:db8::1"), &xff(None)),
+            "2001:db8::1"
+        );
+        assert_eq!(
+            forwarded_for(&t, ip("::ffff:10.0.0.2"), &xff(None)),
+            "10.0.0.2"
+        );
     }
 
     /// Request ids are 32 hex chars and kept only when well-formed.

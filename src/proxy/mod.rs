@@ -187,7 +187,7 @@ impl ProxyHttp for Tollgate {
         let mut peer = group.peer(&backend);
         peer.options.read_timeout = Some(read_timeout);
         ctx.upstream.begin(backend, admitted);
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
     /// Nothing reached the backend: a breaker failure, and safe to retry elsewhere.
@@ -273,21 +273,20 @@ impl ProxyHttp for Tollgate {
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let peer = ctx.request.peer_ip;
-        let xff = forwarding::forwarded_for(
-            &ctx.runtime.trusted,
-            peer,
-            upstream
-                .headers
-                .get(names::X_FORWARDED_FOR.name())
-                .map(|v| v.as_bytes()),
-        );
+        let xff = forwarding::forwarded_for(&ctx.runtime.trusted, peer, &upstream.headers);
         upstream.insert_header(&names::X_FORWARDED_FOR, xff)?;
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         upstream.insert_header(&names::X_FORWARDED_PROTO, proto)?;
-        if let Some(host) = request_host(session.req_header()) {
-            if upstream.headers.get(http::header::HOST).is_none() {
-                upstream.insert_header(http::header::HOST, host)?;
-            }
+        // The copy's Host, else the authority of an absolute-form request (Pingora sets Host
+        // from it after this filter, and from an HTTP/2 request's before it).
+        let host = match upstream.headers.get(http::header::HOST) {
+            Some(host) => Some(host.clone()),
+            None => upstream
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        if let Some(host) = host {
             upstream.insert_header(&names::X_FORWARDED_HOST, host)?;
         }
         upstream.insert_header(&names::X_REQUEST_ID, ctx.request.id.header())?;

@@ -266,9 +266,11 @@ impl Group {
         }
     }
 
-    /// The peer to connect to for `backend`, with this group's timeouts and TLS.
-    pub fn peer(&self, backend: &BackendState) -> HttpPeer {
-        let mut peer = self.peer_template.clone();
+    /// The peer to connect to for `backend`, with this group's timeouts and TLS. Cloned
+    /// straight into its box: `Box::new(clone)` would build the 672-byte peer on the stack and
+    /// copy it.
+    pub fn peer(&self, backend: &BackendState) -> Box<HttpPeer> {
+        let mut peer = Box::write(Box::new_uninit(), self.peer_template.clone());
         peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(backend.addr);
         peer
     }

@@ -45,7 +45,9 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        // Tollgate patch (vendor/README.md): cloned straight into the box it is sent in,
+        // not on the stack and then copied.
+        let mut req = Box::write(Box::new_uninit(), session.req_header().clone());
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
@@ -120,7 +122,7 @@ where
 
         debug!("Sending header to upstream {:?}", req);
 
-        match client_session.write_request_header(Box::new(req)).await {
+        match client_session.write_request_header(req).await {
             Ok(_) => { /* Continue */ }
             Err(e) => {
                 return (false, false, Some(e.into_up()));

@@ -14,6 +14,7 @@
 use crate::protocols::Stream;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -38,10 +39,32 @@ impl Idle {
     }
 }
 
+/// Hashes a group key to itself: the key is already a hash (a peer's `reuse_hash`), so hashing
+/// it again, by SipHash twice per request, bought nothing.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+
+    /// Only `u64` keys reach this map; anything else is folded in, FNV-style, to stay correct.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Idle streams by group key (a peer's `reuse_hash`), least recently released first.
-    groups: HashMap<u64, VecDeque<Idle>>,
+    groups: HashMap<u64, VecDeque<Idle>, BuildHasherDefault<KeyHasher>>,
     len: usize,
     /// Whether a sweeper task is running; it stops when the pool empties.
     sweeping: bool,
@@ -156,14 +179,11 @@ impl State {
         self.pop(key, VecDeque::pop_front)
     }
 
-    /// Takes a stream from one end of `key`'s list; a list left empty goes, so the map does not
-    /// grow with every peer ever seen.
+    /// Takes a stream from one end of `key`'s list. A list left empty stays until the next
+    /// sweep, which drops empty lists (so the map does not grow with every peer ever seen):
+    /// the next release under the key, usually this request's own, then needs no allocation.
     fn pop(&mut self, key: u64, end: fn(&mut VecDeque<Idle>) -> Option<Idle>) -> Option<Idle> {
-        let list = self.groups.get_mut(&key)?;
-        let idle = end(list);
-        if list.is_empty() {
-            self.groups.remove(&key);
-        }
+        let idle = end(self.groups.get_mut(&key)?);
         if idle.is_some() {
             self.len -= 1;
         }

@@ -255,7 +255,12 @@ impl TransportConnector {
     /// after the first). The peer is checked against the address the stream was connected to,
     /// recorded at connect time, rather than with a `getpeername` per reuse.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        let key = peer.reuse_hash();
+        self.take_reusable(peer, peer.reuse_hash())
+    }
+
+    /// [`Self::reused_stream`] for a pool key already computed, without a future. (Tollgate
+    /// patch, see vendor/README.md.)
+    pub(crate) fn take_reusable<P: Peer>(&self, peer: &P, key: u64) -> Option<Stream> {
         while let Some(mut stream) = self.connection_pool.take(key) {
             // test_reusable_stream: we assume server would never actively send data
             // first on an idle stream.
@@ -278,16 +283,16 @@ impl TransportConnector {
     /// If a [Stream] is dropped instead of being returned via this function. it will be closed.
     ///
     /// Tollgate patch: the stream waits in the pool with no task of its own; the pool's one
-    /// sweeper closes it once its idle timeout passes or its peer closes it.
+    /// sweeper closes it once its idle timeout passes or its peer closes it. It is not tested
+    /// here: the same test runs when it is taken again ([`Self::reused_stream`]) and in every
+    /// sweep, so a stream the peer closed is never handed out, and testing it on the way in
+    /// too cost as much as the test on the way out.
     pub fn release_stream(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
         debug!("Try to keepalive client session");
         let put = self.connection_pool.put(key, stream, idle_timeout);
         if let Some(evicted) = put.evicted {
@@ -315,8 +320,17 @@ impl TransportConnector {
         &self,
         peer: &P,
     ) -> Result<(Stream, bool)> {
-        let reused_stream = self.reused_stream(peer).await;
-        if let Some(s) = reused_stream {
+        self.get_stream_keyed(peer, peer.reuse_hash()).await
+    }
+
+    /// [`Self::get_stream`] for a pool key already computed. (Tollgate patch, see
+    /// vendor/README.md.)
+    pub(crate) async fn get_stream_keyed<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+        key: u64,
+    ) -> Result<(Stream, bool)> {
+        if let Some(s) = self.take_reusable(peer, key) {
             Ok((s, true))
         } else {
             let s = self.new_stream(peer).await?;

@@ -14,8 +14,10 @@
 
 use crate::connectors::{ConnectorOptions, TransportConnector};
 use crate::protocols::http::v1::client::HttpSession;
+use crate::protocols::Stream;
 use crate::upstreams::peer::Peer;
 
+use log::debug;
 use pingora_error::Result;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -36,30 +38,73 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Result<(HttpSession, bool)> {
-        let (stream, reused) = self.transport.get_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
-        Ok((http, reused))
+        let (http, reused) = self.get_boxed_http_session(peer).await?;
+        Ok((*http, reused))
+    }
+
+    /// [`Self::get_http_session`], boxed, as [`crate::connectors::http::Connector`] keeps it.
+    /// (Tollgate patch, see vendor/README.md.)
+    pub(crate) async fn get_boxed_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(Box<HttpSession>, bool)> {
+        let key = peer.reuse_hash();
+        let (stream, reused) = self.transport.get_stream_keyed(peer, key).await?;
+        Ok((Self::session(stream, peer, key), reused))
     }
 
     pub async fn reused_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
     ) -> Option<HttpSession> {
-        let stream = self.transport.reused_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
-        Some(http)
+        self.reused_boxed_http_session(peer).map(|http| *http)
+    }
+
+    /// [`Self::reused_http_session`], boxed. (Tollgate patch, see vendor/README.md.)
+    pub(crate) fn reused_boxed_http_session<P: Peer>(&self, peer: &P) -> Option<Box<HttpSession>> {
+        let key = peer.reuse_hash();
+        let stream = self.transport.take_reusable(peer, key)?;
+        Some(Self::session(stream, peer, key))
+    }
+
+    /// Tollgate patch (vendor/README.md): the session remembers its pool key, so that
+    /// releasing it does not hash the peer again.
+    fn session<P: Peer>(stream: Stream, peer: &P, key: u64) -> Box<HttpSession> {
+        let mut http = Box::write(
+            Box::new_uninit(),
+            HttpSession::new_with_options(stream, peer),
+        );
+        http.pool_key = Some(key);
+        http
     }
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        session: HttpSession,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) {
+        self.release_boxed_http_session(Box::new(session), peer, idle_timeout)
+            .await
+    }
+
+    /// Tollgate patch (vendor/README.md): a reusable connection goes back to the pool without
+    /// a future of its own, under the key it was taken with (`peer` is hashed only for a
+    /// session made elsewhere).
+    pub(crate) async fn release_boxed_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        mut session: Box<HttpSession>,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
+        let key = session.pool_key.unwrap_or_else(|| peer.reuse_hash());
+        if session.reusable() {
             self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+                .release_stream(session.underlying_stream, key, idle_timeout);
+        } else {
+            debug!("HTTP shutdown connection");
+            session.shutdown().await;
         }
     }
 

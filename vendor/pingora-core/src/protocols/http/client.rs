@@ -22,9 +22,13 @@ use super::{custom::client::Session, v1::client::HttpSession as Http1Session};
 use crate::protocols::{Digest, SocketAddr, Stream};
 
 /// A type for Http client session. It can be either an Http1 connection or an Http2 stream.
+///
+/// Tollgate patch 9 (vendor/README.md): both sessions are boxed. Each is a few hundred bytes,
+/// and a session is moved a dozen times per request between the connector's and the proxy's
+/// futures; a box moves as a pointer.
 pub enum HttpSession<S = ()> {
-    H1(Http1Session),
-    H2(Http2Session),
+    H1(Box<Http1Session>),
+    H2(Box<Http2Session>),
     Custom(S),
 }
 

@@ -21,6 +21,7 @@ use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,6 +75,9 @@ pub struct HttpSession {
     /// instead of copying; `response_header` then keeps only its status and version.
     /// (Tollgate patch, see vendor/README.md.)
     handed_out: Option<HeaderReuse>,
+    /// The pool key (the peer's `reuse_hash`) the connector took or made this stream under, so
+    /// releasing it does not hash the peer again. (Tollgate patch, see vendor/README.md.)
+    pub(crate) pool_key: Option<u64>,
 }
 
 /// A response header's say in whether its connection is reused (see `respect_keepalive`).
@@ -120,6 +124,7 @@ impl HttpSession {
             allow_h1_response_invalid_content_length: false,
             preserve_header_case: true,
             handed_out: None,
+            pool_key: None,
         }
     }
 
@@ -292,9 +297,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // Tollgate patch 11 (vendor/README.md): the parser fills the header slots it
+                // uses; initializing all 256 first (8 KiB) cost more than the parse.
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -723,20 +731,25 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
     pub async fn reuse(mut self) -> Option<Stream> {
+        if self.reusable() {
+            Some(self.underlying_stream)
+        } else {
+            debug!("HTTP shutdown connection");
+            self.shutdown().await;
+            None
+        }
+    }
+
+    /// Whether the connection can be reused once this session ends: [`Self::reuse`]'s decision
+    /// without consuming the session, so a connector can take the stream out of a boxed one.
+    /// (Tollgate patch, see vendor/README.md.)
+    pub(crate) fn reusable(&mut self) -> bool {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-
         // TODO: this function is unnecessarily slow for keepalive case
         // because that case does not need async
-        match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
-                debug!("HTTP shutdown connection");
-                self.shutdown().await;
-                None
-            }
-            _ => Some(self.underlying_stream),
-        }
+        !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
     }
 
     fn init_body_reader(&mut self) {
@@ -948,14 +961,15 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'h, 'buf>(
+    resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);

@@ -341,16 +341,28 @@ fn parse_content_lengths(values: http::header::GetAll<'_, http::HeaderValue>) ->
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
+    let mut agree = |n: u64| match content_length {
+        None => {
+            content_length = Some(n);
+            true
+        }
+        Some(prev) => prev == n,
+    };
     for value in values {
+        // Tollgate patch 8 (vendor/README.md): the usual value, one number with nothing
+        // around it, is parsed as it is; splitting and trimming give the same number.
+        if let Some(n) = from_digits(value.as_bytes()) {
+            if !agree(n) {
+                return None;
+            }
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
+            if !agree(from_digits(v.trim().as_bytes())?) {
+                return None;
             }
         }
     }
