@@ -9,6 +9,16 @@ use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// An edge with `setting` in its `server` section, and a kept-alive connection to it that
+/// has been served one request (the backend's answer, 200, checked).
+fn served_once(setting: &str) -> (Backend, Edge, KeepAlive) {
+    let b = Backend::start("b1");
+    let edge = Edge::start_with_server(setting, &api(&b, ""));
+    let mut client = KeepAlive::new(edge.http);
+    assert_eq!(client.get("/api/x").expect("response").status(), 200);
+    (b, edge, client)
+}
+
 /// Dribbles one more header byte every ~300 ms on `tcp` until the edge cuts it off (closes
 /// it, or answers before closing); returns how long after `since` that was, or `None` if the
 /// connection is still open after 10 s. `between` runs after each byte, with the time so far.
@@ -63,10 +73,7 @@ fn slowloris_is_disconnected_by_header_deadline() {
 /// its first byte: not counting the idle time before it (1.5s of a 5s keep-alive), not more.
 #[test]
 fn slowloris_on_a_reused_connection_is_cut_off_a_header_timeout_after_its_first_byte() {
-    let b = Backend::start("b1");
-    let edge = Edge::start_with_server("keepalive_timeout: 5s", &api(&b, ""));
-    let mut client = KeepAlive::new(edge.http);
-    assert_eq!(client.get("/api/x").expect("response").status(), 200);
+    let (b, _edge, client) = served_once("keepalive_timeout: 5s");
     let mut tcp = client.reader.into_inner();
     std::thread::sleep(Duration::from_millis(1500));
     let started = Instant::now();
@@ -176,11 +183,7 @@ fn http10_keepalive_is_honoured_when_asked() {
 /// An idle keep-alive connection is closed once `keepalive_timeout` passes.
 #[test]
 fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
-    let b = Backend::start("b1");
-    let edge = Edge::start_with_server("keepalive_timeout: 1s", &api(&b, ""));
-    let mut client = KeepAlive::new(edge.http);
-    let resp = client.get("/api/x").expect("response");
-    assert_eq!(resp.status(), 200);
+    let (_b, _edge, mut client) = served_once("keepalive_timeout: 1s");
     let idle = Instant::now();
     let mut rest = Vec::new();
     let _ = client.reader.read_to_end(&mut rest);
@@ -200,10 +203,7 @@ fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 /// past the header timeout (2s) but within its keep-alive (5s) serves its next request.
 #[test]
 fn keepalive_connection_idle_past_the_header_timeout_still_serves() {
-    let b = Backend::start("b1");
-    let edge = Edge::start_with_server("keepalive_timeout: 5s", &api(&b, ""));
-    let mut client = KeepAlive::new(edge.http);
-    assert_eq!(client.get("/api/x").expect("response").status(), 200);
+    let (b, _edge, mut client) = served_once("keepalive_timeout: 5s");
     std::thread::sleep(Duration::from_millis(3000));
     let resp = client.get("/api/x").expect("the connection is still open");
     assert_eq!(resp.status(), 200);

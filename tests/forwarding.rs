@@ -265,6 +265,23 @@ fn plaintext_listener_proxies_with_proto_http() {
     assert_eq!(echo["path"], "/api/x?q=1");
 }
 
+/// An HTTP/1.0 absolute-form request without Host: the backend gets Host and
+/// X-Forwarded-Host from the target's authority.
+#[test]
+fn absolute_form_target_without_host_names_the_host() {
+    let b = Backend::start("b1");
+    let edge = Edge::start(&api(&b, ""));
+    let resp = raw(edge.http, "GET http://example.test/api/x HTTP/1.0\r\n\r\n");
+    assert!(
+        resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"),
+        "{resp}"
+    );
+    let body = &resp[resp.find('{').expect("json")..];
+    let echo: serde_json::Value = serde_json::from_str(body.trim()).expect("echo");
+    assert_eq!(echo["headers"]["host"], "example.test");
+    assert_eq!(echo["headers"]["x-forwarded-host"], "example.test");
+}
+
 /// Base listeners with the plaintext one switched to redirecting.
 fn redirect_edge(b: &Backend) -> Edge {
     Edge::start_with(|p| {

@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use ctx::{Ctx, Outcome, RequestMeta};
 use futures::future::BoxFuture;
 use http::HeaderValue;
+use pingora::http::authority::raw_target_authority;
 use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
@@ -277,14 +278,11 @@ impl ProxyHttp for Tollgate {
         upstream.insert_header(&names::X_FORWARDED_FOR, xff)?;
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         upstream.insert_header(&names::X_FORWARDED_PROTO, proto)?;
-        // The copy's Host, else the authority of an absolute-form request (Pingora sets Host
-        // from it after this filter, and from an HTTP/2 request's before it).
+        // The copy's Host as it is (Pingora set it from an HTTP/2 request's authority before
+        // this filter), else the authority the target names (Pingora sets Host from it after).
         let host = match upstream.headers.get(http::header::HOST) {
             Some(host) => Some(host.clone()),
-            None => upstream
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            None => request_host(upstream).and_then(|h| HeaderValue::from_str(h).ok()),
         };
         if let Some(host) = host {
             upstream.insert_header(&names::X_FORWARDED_HOST, host)?;
@@ -568,12 +566,19 @@ fn status_for(e: &Error) -> u16 {
     }
 }
 
-/// The request's host (with any port): the Host header, or the h2 `:authority`.
+/// The request's host (with any port): the Host header, else the authority its target names
+/// (an HTTP/2 `:authority`, or an HTTP/1 absolute-form target).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .or_else(|| {
+            // An HTTP/1 absolute-form target keeps its authority in the raw target only.
+            raw_target_authority(req.raw_path())
+                .authority()
+                .and_then(|a| std::str::from_utf8(a).ok())
+        })
 }
 
 /// The path and query to send upstream, when they differ from what the client sent: the

@@ -749,8 +749,6 @@ impl HttpSession {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
         !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
     }
 
