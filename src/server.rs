@@ -90,6 +90,9 @@ pub fn build_server(config: Config, opts: &StartOptions) -> Result<Built, StartE
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    // Nothing here reads how long a socket read or write waited; timing it is four clock
+    // reads per proxied request (pingora-core patch 14).
+    pingora::protocols::l4::stream::set_pending_io_timing(false);
     let conf = server.configuration.clone();
 
     let mut resolvers = HashMap::new();

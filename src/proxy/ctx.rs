@@ -69,8 +69,14 @@ impl Default for RequestMeta {
 }
 
 impl RequestMeta {
-    /// Reads identity from the request: client ip and a kept or generated request id.
-    pub fn read(req: &RequestHeader, peer: IpAddr, trusted: &TrustedProxies) -> Self {
+    /// Reads identity from the request: client ip and a kept or generated request id. The
+    /// request `started` when its context was made (one clock read serves both).
+    pub fn read(
+        req: &RequestHeader,
+        peer: IpAddr,
+        trusted: &TrustedProxies,
+        started: Instant,
+    ) -> Self {
         let client_ip = trusted.client_ip(peer, &req.headers);
         // Looked up only for a trusted peer: most requests have none to look for.
         let id = trusted
@@ -83,7 +89,7 @@ impl RequestMeta {
             id,
             peer_ip: peer,
             client_ip,
-            started: Instant::now(),
+            started,
             upstream_path: None,
         }
     }
@@ -117,18 +123,18 @@ impl Attempts {
         self.response_after = None;
     }
 
-    /// The backend's response header arrived.
-    pub fn responded(&mut self, metrics: &Metrics, group: &Group) {
-        self.response_after = self.sent_at.map(|t| t.elapsed());
+    /// The backend's response header arrived (`now`).
+    pub fn responded(&mut self, metrics: &Metrics, group: &Group, now: Instant) {
+        self.response_after = self.sent_at.map(|t| now.saturating_duration_since(t));
         if let Some(d) = self.response_after {
             metrics.upstream_responded(group, d);
         }
     }
 
-    /// Reports the current attempt's result to its breaker (once).
-    pub fn report(&mut self, group: &Group, ok: bool) {
+    /// Reports the current attempt's result, known at `now`, to its breaker (once).
+    pub fn report(&mut self, group: &Group, ok: bool, now: Instant) {
         if let (Some(current), Some(admitted)) = (&self.current, self.admitted.take()) {
-            group.report(current.backend(), admitted, ok, Instant::now());
+            group.report(current.backend(), admitted, ok, now);
         }
     }
 

@@ -138,8 +138,10 @@ pub fn authenticate(
     Ok(Caller { client, source })
 }
 
-/// Applies the client's own bucket, then the route's policies; fills `headers` either way.
+/// Applies the client's own bucket, then the route's policies, at `now`; fills `headers`
+/// either way.
 pub fn check_limits(
+    now: Instant,
     route: &Route,
     caller: Option<&Caller>,
     client_ip: IpAddr,
@@ -147,7 +149,6 @@ pub fn check_limits(
     metrics: &Metrics,
     headers: &mut LimitHeaders,
 ) -> Result<(), Refusal> {
-    let now = Instant::now();
     if caller.is_some() || !route.limits.is_empty() {
         headers.reserve();
     }

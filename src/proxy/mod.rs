@@ -31,7 +31,6 @@ use crate::logging::{AccessLine, AccessLog};
 use crate::metrics::Metrics;
 use crate::routing::{normalize_path, strip_prefix};
 use crate::runtime::{Route, SharedRuntime};
-use async_trait::async_trait;
 use ctx::{Ctx, Outcome, RequestMeta};
 use futures::future::BoxFuture;
 use http::HeaderValue;
@@ -77,7 +76,6 @@ impl Tollgate {
     }
 }
 
-#[async_trait]
 impl ProxyHttp for Tollgate {
     type CTX = Ctx;
 
@@ -109,7 +107,7 @@ impl ProxyHttp for Tollgate {
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let req = session.req_header();
-        ctx.request = RequestMeta::read(req, peer, &ctx.runtime.trusted);
+        ctx.request = RequestMeta::read(req, peer, &ctx.runtime.trusted, ctx.request.started);
         if header_size(req) > self.max_header_size {
             return reply(session, ctx, 431, "request header fields too large").await;
         }
@@ -131,7 +129,9 @@ impl ProxyHttp for Tollgate {
                 Err(refusal) => return self.refuse(session, ctx, &route, refusal).await,
             }
         }
+        // The request's start is the limiters' "now": the same poll, a clock read saved.
         if let Err(refusal) = gate::check_limits(
+            ctx.request.started,
             &route,
             ctx.caller.as_ref(),
             ctx.request.client_ip,
@@ -163,7 +163,12 @@ impl ProxyHttp for Tollgate {
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
         let group = &route.group;
-        let now = Instant::now();
+        // A first attempt is picked in the poll that read the request: its start is "now".
+        let now = if ctx.upstream.tried.is_empty() {
+            ctx.request.started
+        } else {
+            Instant::now()
+        };
         let Some(read_timeout) = retry::attempt_timeout(
             &route.retries,
             group.config.timeouts.read,
@@ -200,7 +205,7 @@ impl ProxyHttp for Tollgate {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(route) = ctx.route.clone() {
-            ctx.upstream.report(&route.group, false);
+            ctx.upstream.report(&route.group, false, Instant::now());
             ctx.upstream
                 .end(&self.metrics, &route.group, Outcome::ConnectError);
             e.set_retry(self.take_retry(ctx, &route, retry::Reason::Connect));
@@ -230,7 +235,7 @@ impl ProxyHttp for Tollgate {
             e.set_retry(true);
             return e;
         }
-        ctx.upstream.report(&route.group, false);
+        ctx.upstream.report(&route.group, false, Instant::now());
         let outcome = Outcome::of_error(&e);
         ctx.upstream.end(&self.metrics, &route.group, outcome);
         let stale_pool = client_reused && matches!(e.retry, RetryType::ReusedOnly);
@@ -318,9 +323,10 @@ impl ProxyHttp for Tollgate {
             return Ok(());
         };
         let status = resp.status.as_u16();
-        ctx.upstream.responded(&self.metrics, &route.group);
+        let now = Instant::now();
+        ctx.upstream.responded(&self.metrics, &route.group, now);
         ctx.upstream
-            .report(&route.group, !route.group.is_failure_status(status));
+            .report(&route.group, !route.group.is_failure_status(status), now);
         let replayable = route.retries.statuses.contains(&status)
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();

@@ -24,9 +24,7 @@
 
 use bytes::BufMut;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
-use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
-use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
 use pingora_error::{ErrorType::*, OrErr, Result};
@@ -148,7 +146,8 @@ impl Deref for RequestHeader {
 
 impl RequestHeader {
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
+        // Tollgate patch 5: the default parts straight from `Request::new`, not through `Builder`.
+        let mut base = http::Request::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
@@ -514,7 +513,7 @@ impl ResponseHeader {
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
+        let mut base = http::Response::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
@@ -819,31 +818,15 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     })
 }
 
+// Tollgate patch 5 (vendor/README.md): `Parts` is `Clone` (http 1.x). Building the copy with
+// `Builder` and then replacing its headers and extensions moved the parts through the builder,
+// the `Request` and `into_parts` (~11 copies of ~200 bytes) and dropped the defaults it made.
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
-    let mut parts = ReqBuilder::new()
-        .method(me.method.clone())
-        .uri(me.uri.clone())
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    parts.headers = me.headers.clone();
-    parts.extensions = me.extensions.clone();
-    parts
+    me.clone()
 }
 
 fn clone_resp_parts(me: &RespParts) -> RespParts {
-    let mut parts = RespBuilder::new()
-        .status(me.status)
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    parts.headers = me.headers.clone();
-    parts.extensions = me.extensions.clone();
-    parts
+    me.clone()
 }
 
 // This function returns an upper bound on the size of the header map used inside the http crate.

@@ -1169,22 +1169,25 @@ where
             session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
         }
 
-        let req = session.downstream_session.req_header_mut();
-
-        // Built-in downstream request filters go first
-        if let Err(e) = session
-            .downstream_modules_ctx
-            .request_header_filter(req)
-            .await
-        {
-            return self
-                .handle_error(
-                    session,
-                    &mut ctx,
-                    e,
-                    "Failed in downstream modules request filter:",
-                )
-                .await;
+        // Built-in downstream request filters go first. Tollgate patch 7 (vendor/README.md):
+        // only when there are any, since handing out the request header mutably makes the
+        // session read its body framing from it again.
+        if !session.downstream_modules_ctx.is_empty() {
+            let req = session.downstream_session.req_header_mut();
+            if let Err(e) = session
+                .downstream_modules_ctx
+                .request_header_filter(req)
+                .await
+            {
+                return self
+                    .handle_error(
+                        session,
+                        &mut ctx,
+                        e,
+                        "Failed in downstream modules request filter:",
+                    )
+                    .await;
+            }
         }
 
         match self.inner.request_filter(&mut session, &mut ctx).await {
@@ -1998,7 +2001,6 @@ mod tests {
 
     struct DefaultRetryProxy;
 
-    #[async_trait]
     impl ProxyHttp for DefaultRetryProxy {
         type CTX = ();
 
@@ -2606,7 +2608,6 @@ mod tests {
 
     struct NoopProxy;
 
-    #[async_trait]
     impl ProxyHttp for NoopProxy {
         type CTX = ();
         fn new_ctx(&self) -> Self::CTX {}

@@ -916,6 +916,20 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Whether streams time how long their reads and writes wait (on by default).
+static TIME_PENDING_IO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether streams time how long their reads and writes wait from now on, as
+/// [`GetTimingDigest::get_read_pending_time()`] and
+/// [`GetTimingDigest::get_write_pending_time()`] report (on by default). The timing costs two
+/// clock reads per read or write that waits: four per proxied request. An application that
+/// does not read these durations can turn it off; they then stay zero.
+///
+/// Tollgate patch 14 (vendor/README.md).
+pub fn set_pending_io_timing(enabled: bool) {
+    TIME_PENDING_IO.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 struct AccumulatedDuration {
     total: Duration,
@@ -931,7 +945,7 @@ impl AccumulatedDuration {
     }
 
     fn start(&mut self) {
-        if self.last_start.is_none() {
+        if self.last_start.is_none() && TIME_PENDING_IO.load(std::sync::atomic::Ordering::Relaxed) {
             self.last_start = Some(Instant::now());
         }
     }

@@ -78,6 +78,18 @@ pub struct HttpSession {
     /// The pool key (the peer's `reuse_hash`) the connector took or made this stream under, so
     /// releasing it does not hash the peer again. (Tollgate patch, see vendor/README.md.)
     pub(crate) pool_key: Option<u64>,
+    /// How the last response header read frames its body, as `validate_response` found it.
+    /// (Tollgate patch 13, see vendor/README.md: validation and the body reader looked up
+    /// `Transfer-Encoding` twice and parsed `Content-Length` twice.)
+    response_framing: ResponseFraming,
+}
+
+/// How a response header frames its body, apart from the status, the request's method and an
+/// upgrade (RFC 9112 section 6.3): chunked, else `Content-Length`, else close-delimited.
+#[derive(Clone, Copy, Debug, Default)]
+struct ResponseFraming {
+    chunked: bool,
+    content_length: Option<usize>,
 }
 
 /// A response header's say in whether its connection is reused (see `respect_keepalive`).
@@ -125,6 +137,7 @@ impl HttpSession {
             preserve_header_case: true,
             handed_out: None,
             pool_key: None,
+            response_framing: ResponseFraming::default(),
         }
     }
 
@@ -227,34 +240,46 @@ impl HttpSession {
         Ok(res)
     }
 
-    // Validate the response header read. This function must be called after the response header
-    // read.
-    fn validate_response(&self) -> Result<()> {
+    // Validate the response header read, told whether it has `Transfer-Encoding`, and return
+    // how it frames the body. This function must be called after the response header read.
+    fn validate_response(&self, has_transfer_encoding: bool) -> Result<ResponseFraming> {
         let resp_header = self
             .response_header
             .as_ref()
             .expect("response header must be read");
 
+        if has_transfer_encoding {
+            // Transfer-Encoding takes precedence: Content-Length is already removed.
+            return Ok(ResponseFraming {
+                chunked: self.is_chunked_encoding(),
+                content_length: None,
+            });
+        }
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed. Conflicting or duplicate values are always an
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
-        // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
-            if self.allow_h1_response_invalid_content_length
-                && super::common::content_length_is_single_token(&resp_header.headers)
-            {
-                debug!(
-                    "tolerating invalid Content-Length ({e}); \
-                     treating response as close-delimited"
-                );
-            } else {
-                return Err(e);
+        let content_length = match super::common::content_length_for_framing(&resp_header.headers) {
+            Ok(length) => length,
+            Err(e) => {
+                if self.allow_h1_response_invalid_content_length
+                    && super::common::content_length_is_single_token(&resp_header.headers)
+                {
+                    debug!(
+                        "tolerating invalid Content-Length ({e}); \
+                         treating response as close-delimited"
+                    );
+                    None
+                } else {
+                    return Err(e);
+                }
             }
-        }
-
-        Ok(())
+        };
+        Ok(ResponseFraming {
+            chunked: false,
+            content_length,
+        })
     }
 
     fn clear_response_header_read_state(&mut self) {
@@ -370,15 +395,18 @@ impl HttpSession {
                         self.buf = buf;
                         self.response_header = Some(response_header);
                         self.handed_out = None;
-                        if let Err(e) = self.validate_response() {
-                            return self.fail_response_header_read(e);
+                        match self.validate_response(contains_transfer_encoding) {
+                            Ok(framing) => self.response_framing = framing,
+                            Err(e) => return self.fail_response_header_read(e),
                         }
                         // convert to upgrade body type
                         // https://datatracker.ietf.org/doc/html/rfc9110#status.101
                         // as an "informational" header, this cannot have a body
-                        self.upgraded = self
-                            .is_upgrade(self.response_header.as_deref().expect("init above"))
-                            .unwrap_or(false);
+                        // (Tollgate patch 13: the response's status is tested before the
+                        // request's `Upgrade` header is looked up.)
+                        self.upgraded =
+                            self.response_header.as_deref().is_some_and(is_upgrade_resp)
+                                && self.is_upgrade_req();
                         // init body reader if upgrade status has changed body mode
                         // (read_response_task will immediately try to init body afterwards anyways)
                         // informational headers will automatically avoid initializing body reader
@@ -785,10 +813,10 @@ impl HttpSession {
             if upgraded {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
-            } else if self.is_chunked_encoding() {
+            } else if self.response_framing.chunked {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) = self.response_framing.content_length {
                 self.body_reader.init_content_length(cl, preread_body);
             } else {
                 self.body_reader.init_close_delimited(preread_body);
@@ -802,17 +830,6 @@ impl HttpSession {
         match self.request_written.as_deref() {
             Some(req) => is_upgrade_req(req),
             None => false,
-        }
-    }
-
-    /// `Some(true)` if the this is a successful upgrade
-    /// `Some(false)` if the request is an upgrade but the response refuses it
-    /// `None` if the request is not an upgrade.
-    fn is_upgrade(&self, header: &ResponseHeader) -> Option<bool> {
-        if self.is_upgrade_req() {
-            Some(is_upgrade_resp(header))
-        } else {
-            None
         }
     }
 
@@ -830,13 +847,6 @@ impl HttpSession {
         if self.was_upgraded() {
             self.received_upgrade_req_body = true;
             self.body_writer.convert_to_close_delimited();
-        }
-    }
-
-    fn get_content_length(&self) -> Result<Option<usize>> {
-        match self.resp_header() {
-            Some(h) => content_length_for_framing(&h.headers),
-            None => Ok(None),
         }
     }
 

@@ -162,6 +162,19 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// How the request body is framed, as `read_request` validated it; `None` once the request
+    /// header is handed out mutably, so the body reader then reads the header again. (Tollgate
+    /// patch 13, see vendor/README.md: validation and the body reader looked up
+    /// `Transfer-Encoding` three times and `Content-Length` twice.)
+    request_framing: Option<RequestFraming>,
+}
+
+/// How a request's body is framed (RFC 9112 section 6.3); a request is never close-delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestFraming {
+    Chunked,
+    /// `Content-Length`, or 0 without one.
+    Length(usize),
 }
 
 impl HttpSession {
@@ -211,6 +224,7 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            request_framing: None,
         }
     }
 
@@ -436,7 +450,8 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.request_framing =
+                            Some(self.validate_framing(contains_transfer_encoding)?);
 
                         return Ok(Some(s));
                     }
@@ -492,18 +507,19 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        let has_te = self.req_header().headers.contains_key(TRANSFER_ENCODING);
+        self.validate_framing(has_te).map(|_| ())
+    }
+
+    /// [`Self::validate_request()`]'s checks, told whether the request has `Transfer-Encoding`;
+    /// returns the body framing they establish.
+    fn validate_framing(&self, has_transfer_encoding: bool) -> Result<RequestFraming> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
 
-        // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
-        // parity): identical duplicates and comma-combined identical values are
-        // accepted and collapsed; differing or unparseable values are rejected.
-        // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
-
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if has_transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
@@ -518,9 +534,15 @@ impl HttpSession {
             if !self.is_chunked_encoding() {
                 return Error::e_explain(InvalidHTTPHeader, "non-chunked final Transfer-Encoding");
             }
+            // Transfer-Encoding overrides Content-Length, which is not validated then.
+            return Ok(RequestFraming::Chunked);
         }
 
-        Ok(())
+        // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
+        // parity): identical duplicates and comma-combined identical values are
+        // accepted and collapsed; differing or unparseable values are rejected.
+        let length = content_length_for_framing(&req_header.headers)?;
+        Ok(RequestFraming::Length(length.unwrap_or(0)))
     }
 
     /// Return a reference of the `RequestHeader` this session read
@@ -536,6 +558,8 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn req_header_mut(&mut self) -> &mut RequestHeader {
+        // The caller may change the framing headers: the body reader reads them again.
+        self.request_framing = None;
         self.request_header
             .as_mut()
             .expect("Request header is not read yet")
@@ -1150,26 +1174,30 @@ impl HttpSession {
                 // if upgraded _post_ 101 (and body was not init yet)
                 // treat as upgraded body (pass through until closed)
                 self.body_reader.init_close_delimited_owned(preread_body);
-            } else if self.is_chunked_encoding() {
-                // if chunked encoding, content-length should be ignored
-                self.body_reader.init_chunked_owned(preread_body);
             } else {
-                // At this point, validate_request() should have already been called,
-                // so get_content_length() should not return an error for invalid values
-                let cl = self.get_content_length().unwrap_or(None);
-                match cl {
-                    Some(i) => {
-                        self.body_reader.init_content_length_owned(i, preread_body);
-                    }
-                    None => {
-                        // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
-                        // "Request messages are never close-delimited because they are
-                        // always explicitly framed by length or transfer coding, with the absence of
-                        // both implying the request ends immediately after the header section."
-                        self.body_reader.init_content_length_owned(0, preread_body);
-                    }
+                match self.request_framing.unwrap_or_else(|| self.read_framing()) {
+                    // if chunked encoding, content-length should be ignored
+                    RequestFraming::Chunked => self.body_reader.init_chunked_owned(preread_body),
+                    // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
+                    // "Request messages are never close-delimited because they are
+                    // always explicitly framed by length or transfer coding, with the absence of
+                    // both implying the request ends immediately after the header section."
+                    RequestFraming::Length(length) => self
+                        .body_reader
+                        .init_content_length_owned(length, preread_body),
                 }
             }
+        }
+    }
+
+    /// The body framing the request header says now, without validating it again.
+    fn read_framing(&self) -> RequestFraming {
+        if self.is_chunked_encoding() {
+            RequestFraming::Chunked
+        } else {
+            // validate_request() has already been called, so get_content_length() should not
+            // return an error for invalid values
+            RequestFraming::Length(self.get_content_length().unwrap_or(None).unwrap_or(0))
         }
     }
 
