@@ -136,10 +136,12 @@ fn route_spec(
                     }
                 })?),
             };
-        limits.push(RouteLimit {
-            key: l.key.clone(),
-            limiter,
-        });
+        let limit = RouteLimit::new(l.key.clone(), limiter).map_err(|e| BuildError::RateLimit {
+            index,
+            policy: j,
+            message: e.to_string(),
+        })?;
+        limits.push(limit);
     }
     let group = groups
         .get(&r.upstream)

@@ -90,6 +90,35 @@ async fn limited_response_carries_retry_after_and_ratelimit_headers() {
     assert_eq!(b.requests(), 1, "the limited request reached the backend");
 }
 
+/// A route with two policies names both, in order, in `RateLimit-Policy` and `RateLimit`.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_policies_are_both_in_the_ratelimit_headers() {
+    let b = Backend::start("b");
+    let edge = Edge::start(&config(
+        &b,
+        "[ { name: per-ip, key: ip, algorithm: token_bucket, rate_per_sec: 100, burst: 50 }, \
+           { name: hourly, key: ip, algorithm: fixed_window, limit: 1000, window: 1h } ]",
+        "",
+    ));
+    let resp = edge
+        .client()
+        .get(edge.url("/api/x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let header = |name: &str| resp.headers()[name].to_str().expect("ascii").to_string();
+    assert_eq!(
+        header("ratelimit-policy"),
+        r#""per-ip";q=50;w=1, "hourly";q=1000;w=3600"#
+    );
+    let rl = header("ratelimit");
+    assert!(
+        rl.starts_with(r#""per-ip";r=49;t="#) && rl.contains(r#", "hourly";r=999;t="#),
+        "{rl}"
+    );
+}
+
 /// A dry-run policy counts but lets every request through.
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_lets_requests_through() {

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{write_policy_item, write_ratelimit_item, Decision, Key, Limiter};
 use crate::runtime::{Route, SharedRuntime};
 use async_trait::async_trait;
+use http::header::InvalidHeaderValue;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, StaticHeaderName};
 use pingora::server::ShutdownWatch;
@@ -27,6 +28,20 @@ use std::time::{Instant, SystemTime};
 pub struct RouteLimit {
     pub key: LimitKey,
     pub limiter: Arc<Limiter>,
+    /// The limiter's `RateLimit-Policy` member as a header value, made once: a response
+    /// limited by this policy alone sends it as is (a clone shares its bytes).
+    pub policy_value: HeaderValue,
+}
+
+impl RouteLimit {
+    pub fn new(key: LimitKey, limiter: Arc<Limiter>) -> Result<Self, InvalidHeaderValue> {
+        let policy_value = HeaderValue::from_str(limiter.policy_header())?;
+        Ok(RouteLimit {
+            key,
+            limiter,
+            policy_value,
+        })
+    }
 }
 
 /// The identified API client and how its key was presented (so it can be stripped).
@@ -38,37 +53,85 @@ pub struct Caller {
 /// The rate-limit headers of a request.
 #[derive(Default)]
 pub struct LimitHeaders {
-    pub policy: String,
-    pub ratelimit: String,
+    policy: Policies,
+    ratelimit: String,
+}
+
+/// `RateLimit-Policy`'s members so far.
+#[derive(Default)]
+enum Policies {
+    #[default]
+    None,
+    /// One route policy: its value as made with the route.
+    One(HeaderValue),
+    /// The client's own, or more than one: written out.
+    Written(String),
 }
 
 impl LimitHeaders {
-    pub fn is_empty(&self) -> bool {
-        self.policy.is_empty()
+    /// Appends the member of the client's own bucket, written out.
+    fn write_client_policy(&mut self, quota: u64, window_secs: u64) {
+        let mut out = match std::mem::take(&mut self.policy) {
+            Policies::None => String::with_capacity(64),
+            Policies::One(first) => Self::written(&first),
+            Policies::Written(out) => out,
+        };
+        write_policy_item(&mut out, "client", quota, window_secs);
+        self.policy = Policies::Written(out);
     }
 
-    /// `RateLimit-Policy` and `RateLimit`, the strings moved into the values; `RateLimit`,
-    /// which changes with every request, marked never-indexed for HTTP/2.
+    /// Appends a route policy's member, made once as `value`.
+    fn push_policy(&mut self, value: &HeaderValue) {
+        self.policy = match std::mem::take(&mut self.policy) {
+            Policies::None => Policies::One(value.clone()),
+            Policies::One(first) => {
+                let mut out = Self::written(&first);
+                push_member(&mut out, value);
+                Policies::Written(out)
+            }
+            Policies::Written(mut out) => {
+                push_member(&mut out, value);
+                Policies::Written(out)
+            }
+        };
+    }
+
+    fn written(first: &HeaderValue) -> String {
+        let mut out = String::with_capacity(64);
+        push_member(&mut out, first);
+        out
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` (`None` when no policy applied); `RateLimit`, which
+    /// changes with every request, marked never-indexed for HTTP/2.
     pub fn into_header_values(
         self,
-    ) -> pingora::Result<[(&'static StaticHeaderName, HeaderValue); 2]> {
+    ) -> pingora::Result<Option<[(&'static StaticHeaderName, HeaderValue); 2]>> {
         let value = |v: String| {
             HeaderValue::try_from(v).explain_err(ErrorType::InvalidHTTPHeader, |_| "RateLimit")
         };
-        Ok([
-            (&names::RATELIMIT_POLICY, value(self.policy)?),
+        let policy = match self.policy {
+            Policies::None => return Ok(None),
+            Policies::One(value) => value,
+            Policies::Written(out) => value(out)?,
+        };
+        Ok(Some([
+            (&names::RATELIMIT_POLICY, policy),
             (
                 &names::RATELIMIT,
                 names::never_indexed(value(self.ratelimit)?),
             ),
-        ])
+        ]))
     }
+}
 
-    /// One allocation per header for the usual one or two policies, not one per doubling.
-    fn reserve(&mut self) {
-        self.policy.reserve(64);
-        self.ratelimit.reserve(64);
+/// Appends a member made as a header value (visible ASCII, so also a `str`), after `", "` if
+/// `out` holds others.
+fn push_member(out: &mut String, member: &HeaderValue) {
+    if !out.is_empty() {
+        out.push_str(", ");
     }
+    out.push_str(member.to_str().unwrap_or_default());
 }
 
 /// Why the gate refused.
@@ -150,14 +213,15 @@ pub fn check_limits(
     headers: &mut LimitHeaders,
 ) -> Result<(), Refusal> {
     if caller.is_some() || !route.limits.is_empty() {
-        headers.reserve();
+        // One allocation for the usual one or two policies, not one per doubling.
+        headers.ratelimit.reserve(64);
     }
     let mut refusal: Option<u64> = None;
     if let Some(caller) = caller {
         let bucket = caller.client.bucket().inner();
         let decision = bucket.try_acquire(now);
         let (quota, window) = bucket.quota();
-        write_policy_item(&mut headers.policy, "client", quota, window);
+        headers.write_client_policy(quota, window);
         write_ratelimit_item(&mut headers.ratelimit, "client", &decision);
         if !decision.allowed {
             count(metrics, route, "client", false);
@@ -184,10 +248,7 @@ pub fn check_limits(
             }
         };
         let decision = limit.limiter.check(key, now);
-        if !headers.policy.is_empty() {
-            headers.policy.push_str(", ");
-        }
-        headers.policy.push_str(limit.limiter.policy_header());
+        headers.push_policy(&limit.policy_value);
         limit
             .limiter
             .write_ratelimit(&decision, &mut headers.ratelimit);

@@ -352,9 +352,9 @@ impl ProxyHttp for Tollgate {
         if self.draining.is_set() {
             session.set_keepalive(None);
         }
-        if !ctx.limit_headers.is_empty() {
-            // Moved, not copied: the response header is written once.
-            for (name, value) in std::mem::take(&mut ctx.limit_headers).into_header_values()? {
+        // Moved, not copied: the response header is written once.
+        if let Some(values) = std::mem::take(&mut ctx.limit_headers).into_header_values()? {
+            for (name, value) in values {
                 resp.insert_header(name, value)?;
             }
         }
@@ -465,8 +465,8 @@ impl Tollgate {
                     (429, "rate limit exceeded".to_string())
                 }
             };
-            if !ctx.limit_headers.is_empty() {
-                extra.extend(std::mem::take(&mut ctx.limit_headers).into_header_values()?);
+            if let Some(values) = std::mem::take(&mut ctx.limit_headers).into_header_values()? {
+                extra.extend(values);
             }
             respond::write_error_with(session, code, &message, &ctx.request.id, extra).await?;
             Ok(true)

@@ -122,11 +122,14 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
-pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
+///
+/// Returns whether the headers have `Content-Length`, when it was looked up (not when chunked).
+/// (Tollgate patch 15, see vendor/README.md.)
+pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) -> Option<bool> {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length
         body_writer.init_chunked();
-        return;
+        return None;
     }
     // Resolve Content-Length through the shared, range-checked helper so the
     // value is reconciled (identical duplicates / comma lists) and never
@@ -139,7 +142,8 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
         Ok(None) => {
             /* TODO: 1. connection: keepalive cannot be used,
             2. mark connection must be closed */
-            body_writer.init_close_delimited()
+            body_writer.init_close_delimited();
+            return Some(false);
         }
         Err(e) => {
             // Headers are validated on read, so this is not expected here; log
@@ -149,6 +153,7 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
             body_writer.init_close_delimited()
         }
     }
+    Some(true)
 }
 
 /// Find the last comma-separated token in a Transfer-Encoding header value.

@@ -907,45 +907,45 @@ impl HttpSession {
             self.set_keepalive(None);
         }
 
+        // Whether the body writer found `Content-Length`, when it looked.
+        let mut has_content_length = None;
         // Allow informational header (excluding 101) to pass through without affecting the state
         // of the request
         if header.status == 101 || !header.status.is_informational() {
+            // Tollgate patch 15 (vendor/README.md): only a 101 completes an upgrade, so the
+            // request's `Upgrade` header is looked up for a 101 only, and once.
+            let upgrade_ok = is_upgrade_resp(header) && self.is_upgrade_req();
             // reset request body to done for incomplete upgrade handshakes
-            if let Some(upgrade_ok) = self.is_upgrade(header) {
-                if upgrade_ok {
-                    debug!("ok upgrade handshake");
-                    // For ws we use HTTP1_0 do_read_body_until_closed
-                    //
-                    // On ws close the initiator sends a close frame and
-                    // then waits for a response from the peer, once it receives
-                    // a response it closes the conn. After receiving a
-                    // control frame indicating the connection should be closed,
-                    // a peer discards any further data received.
-                    // https://www.rfc-editor.org/rfc/rfc6455#section-1.4
-                    self.upgraded = true;
-                    // Now that the upgrade was successful, we need to change
-                    // how we interpret the rest of the body as pass-through.
-                    if self.body_reader.need_init() {
-                        self.init_body_reader();
-                    } else {
-                        // already initialized
-                        // immediately start reading the rest of the body as upgraded
-                        // (in practice most upgraded requests shouldn't have any body)
-                        //
-                        // TODO: https://datatracker.ietf.org/doc/html/rfc9110#name-upgrade
-                        // the most spec-compliant behavior is to switch interpretation
-                        // after sending the former body,
-                        // we immediately switch interpretation to match nginx
-                        self.body_reader.convert_to_close_delimited();
-                    }
+            if upgrade_ok {
+                debug!("ok upgrade handshake");
+                // For ws we use HTTP1_0 do_read_body_until_closed
+                //
+                // On ws close the initiator sends a close frame and
+                // then waits for a response from the peer, once it receives
+                // a response it closes the conn. After receiving a
+                // control frame indicating the connection should be closed,
+                // a peer discards any further data received.
+                // https://www.rfc-editor.org/rfc/rfc6455#section-1.4
+                self.upgraded = true;
+                // Now that the upgrade was successful, we need to change
+                // how we interpret the rest of the body as pass-through.
+                if self.body_reader.need_init() {
+                    self.init_body_reader();
                 } else {
-                    // this was a request that requested Upgrade,
-                    // but upstream did not comply
-                    debug!("bad upgrade handshake!");
-                    // continue to read body as-is, this is now just a regular request
+                    // already initialized
+                    // immediately start reading the rest of the body as upgraded
+                    // (in practice most upgraded requests shouldn't have any body)
+                    //
+                    // TODO: https://datatracker.ietf.org/doc/html/rfc9110#name-upgrade
+                    // the most spec-compliant behavior is to switch interpretation
+                    // after sending the former body,
+                    // we immediately switch interpretation to match nginx
+                    self.body_reader.convert_to_close_delimited();
                 }
             }
-            self.init_body_writer(header);
+            // else: not an upgrade, or the upstream did not comply with the request's
+            // `Upgrade`: the body is read as-is, this is now just a regular request
+            has_content_length = self.init_body_writer(header, upgrade_ok);
         }
 
         // Defense-in-depth: if response body is close-delimited, mark session
@@ -965,12 +965,15 @@ impl HttpSession {
         // 1. 1xx response: client needs to see it before the rest of response
         // 2. No content length: the response could be generated in real time
         let should_flush = header.status.is_informational()
-            || header.headers.get(header::CONTENT_LENGTH).is_none();
+            || !has_content_length
+                .unwrap_or_else(|| header.headers.contains_key(header::CONTENT_LENGTH));
 
         Ok(Some((write_buf.freeze(), should_flush)))
     }
 
-    fn init_body_writer(&mut self, header: &ResponseHeader) {
+    /// Frames the response body (`upgrade_ok`: a 101 that completes the request's upgrade);
+    /// returns whether the header has `Content-Length` when that was looked up.
+    fn init_body_writer(&mut self, header: &ResponseHeader, upgrade_ok: bool) -> Option<bool> {
         use http::StatusCode;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
@@ -979,18 +982,19 @@ impl HttpSession {
         ) || self.get_method() == Some(&Method::HEAD)
         {
             self.body_writer.init_content_length(0);
-            return;
+            return None;
         }
 
         if header.status.is_informational() && header.status != StatusCode::SWITCHING_PROTOCOLS {
             // 1xx response, not enough to init body
-            return;
+            return None;
         }
 
-        if self.is_upgrade(header) == Some(true) {
+        if upgrade_ok {
             self.body_writer.init_close_delimited();
+            None
         } else {
-            init_body_writer_comm(&mut self.body_writer, &header.headers);
+            init_body_writer_comm(&mut self.body_writer, &header.headers)
         }
     }
 
