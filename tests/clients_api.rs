@@ -364,6 +364,43 @@ fn api_key(v: &Value) -> String {
         .to_owned()
 }
 
+/// A client's own bucket and its route's policy are both in `RateLimit-Policy` and
+/// `RateLimit`, the client's first.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_and_route_policies_are_both_in_the_ratelimit_headers() {
+    let backend = Backend::start("app");
+    let state = tempfile::tempdir().expect("tempdir");
+    let store = sqlite_url(state.path());
+    let admin_port = free_port();
+    let route_limit = "auth: api_key, rate_limit: \
+        { name: per-ip, key: ip, algorithm: fixed_window, limit: 1000, window: 1h } }";
+    let edge = tokio::task::block_in_place(|| {
+        Edge::start_with(|p| {
+            edge_config(p, backend.addr(), admin_port, &store, "1s")
+                .replace("auth: api_key }", route_limit)
+        })
+    });
+    let node = Node::new(edge.https, admin_port);
+    let created = node
+        .admin
+        .post("/clients", json!({"client_id": "c1", "capacity": 3}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.raw);
+    let reply = node.app(Some(&api_key(&created.body))).await;
+    assert_eq!(reply.status, 200, "{}", reply.raw);
+    let header = |name: &str| reply.headers[name].to_str().expect("ascii").to_string();
+    let policy = header("ratelimit-policy");
+    assert!(
+        policy.starts_with(r#""client";q=3;w="#) && policy.ends_with(r#", "per-ip";q=1000;w=3600"#),
+        "{policy}"
+    );
+    let ratelimit = header("ratelimit");
+    assert!(
+        ratelimit.starts_with(r#""client";r=2;t="#) && ratelimit.contains(r#", "per-ip";r=999;t="#),
+        "{ratelimit}"
+    );
+}
+
 /// The whole client lifecycle through the admin API and the proxy, on whatever store `node`
 /// runs on. Leaves `client_2` behind.
 async fn lifecycle(node: &Node) {
