@@ -45,12 +45,7 @@ async fn hung_backend_times_out_with_504() {
     b.set_mode(Mode::Hang);
     let edge = Edge::start(&group(&[&b], "    timeouts: { read: 300ms }"));
     let started = std::time::Instant::now();
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(5));
     let body: serde_json::Value = resp.json().await.expect("json");
@@ -70,12 +65,7 @@ async fn tls_to_backend_with_sni() {
         &[&b],
         "    tls: { sni: backend.internal, verify: false }",
     ));
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(served_by(&resp), "secure");
 }
@@ -90,12 +80,7 @@ async fn tls_to_backend_verifies_certificates() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let b = Backend::spawn_tls(listener, "secure", &pem(&cert), &pem(&key)).expect("tls backend");
     let edge = Edge::start(&group(&[&b], "    tls: { sni: backend.internal }"));
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 502);
     assert_eq!(b.requests(), 0);
 }

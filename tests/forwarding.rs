@@ -51,12 +51,7 @@ fn is_generated_id(id: &str) -> bool {
 async fn forwarding_headers_reach_backend() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, ""));
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 200);
     let returned = resp.headers()["x-request-id"]
         .to_str()
@@ -166,12 +161,7 @@ async fn trusted_peer_malformed_request_id_is_replaced() {
 async fn edge_errors_carry_request_id() {
     let b = Backend::start("b1");
     let edge = Edge::start(&api(&b, ""));
-    let resp = edge
-        .client()
-        .get(edge.url("/nowhere"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/nowhere").await;
     assert_eq!(resp.status(), 404);
     let id = resp.headers()["x-request-id"].to_str().expect("ascii");
     assert!(is_generated_id(id), "{id}");

@@ -138,12 +138,7 @@ async fn all_backends_down_gives_503_json() {
         wait_rotation(&edge, b.addr(), false, INTERVAL * UNHEALTHY_AFTER + SLACK).await;
     }
     let started = Instant::now();
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 503);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(resp.headers().contains_key("x-request-id"));

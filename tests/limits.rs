@@ -100,12 +100,7 @@ async fn two_policies_are_both_in_the_ratelimit_headers() {
            { name: hourly, key: ip, algorithm: fixed_window, limit: 1000, window: 1h } ]",
         "",
     ));
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 200);
     let header = |name: &str| resp.headers()[name].to_str().expect("ascii").to_string();
     assert_eq!(

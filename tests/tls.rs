@@ -211,12 +211,7 @@ async fn alpn_negotiates_h2_when_offered() {
         alpn(edge.https, &[b"h2", b"http/1.1"]).await.as_deref(),
         Some(&b"h2"[..])
     );
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
 }
@@ -336,12 +331,7 @@ async fn http2_disabled_listener_speaks_http11() {
         alpn(edge.https, &[b"h2", b"http/1.1"]).await.as_deref(),
         Some(&b"http/1.1"[..])
     );
-    let resp = edge
-        .client()
-        .get(edge.url("/api/x"))
-        .send()
-        .await
-        .expect("send");
+    let resp = edge.get("/api/x").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
 }

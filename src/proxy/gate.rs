@@ -71,35 +71,33 @@ enum Policies {
 impl LimitHeaders {
     /// Appends the member of the client's own bucket, written out.
     fn write_client_policy(&mut self, quota: u64, window_secs: u64) {
-        let mut out = match std::mem::take(&mut self.policy) {
-            Policies::None => String::with_capacity(64),
-            Policies::One(first) => Self::written(&first),
-            Policies::Written(out) => out,
-        };
+        let mut out = self.take_written();
         write_policy_item(&mut out, "client", quota, window_secs);
         self.policy = Policies::Written(out);
     }
 
-    /// Appends a route policy's member, made once as `value`.
+    /// Appends a route policy's member, made once as `value`: kept as is when it is the only one.
     fn push_policy(&mut self, value: &HeaderValue) {
-        self.policy = match std::mem::take(&mut self.policy) {
-            Policies::None => Policies::One(value.clone()),
-            Policies::One(first) => {
-                let mut out = Self::written(&first);
-                push_member(&mut out, value);
-                Policies::Written(out)
-            }
-            Policies::Written(mut out) => {
-                push_member(&mut out, value);
-                Policies::Written(out)
-            }
-        };
+        if matches!(self.policy, Policies::None) {
+            self.policy = Policies::One(value.clone());
+            return;
+        }
+        let mut out = self.take_written();
+        push_member(&mut out, value);
+        self.policy = Policies::Written(out);
     }
 
-    fn written(first: &HeaderValue) -> String {
-        let mut out = String::with_capacity(64);
-        push_member(&mut out, first);
-        out
+    /// The members so far, written out (room for the usual one or two more).
+    fn take_written(&mut self) -> String {
+        match std::mem::take(&mut self.policy) {
+            Policies::None => String::with_capacity(64),
+            Policies::One(first) => {
+                let mut out = String::with_capacity(64);
+                push_member(&mut out, &first);
+                out
+            }
+            Policies::Written(out) => out,
+        }
     }
 
     /// `RateLimit-Policy` and `RateLimit` (`None` when no policy applied); `RateLimit`, which

@@ -175,6 +175,15 @@ impl Edge {
         format!("https://localhost:{}{path}", self.https.port())
     }
 
+    /// `GET {path}` on the edge with a fresh [`Self::client`].
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("send")
+    }
+
     /// An HTTPS client that trusts the demo certificate and resolves localhost to the edge.
     pub fn client(&self) -> reqwest::Client {
         client_builder(self.https).build().expect("client")

@@ -17,7 +17,6 @@ use crate::protocols::http::v1::client::HttpSession;
 use crate::protocols::Stream;
 use crate::upstreams::peer::Peer;
 
-use log::debug;
 use pingora_error::Result;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -99,12 +98,8 @@ impl Connector {
     ) {
         session.respect_keepalive();
         let key = session.pool_key.unwrap_or_else(|| peer.reuse_hash());
-        if session.reusable() {
-            self.transport
-                .release_stream(session.underlying_stream, key, idle_timeout);
-        } else {
-            debug!("HTTP shutdown connection");
-            session.shutdown().await;
+        if let Some(stream) = session.reuse_boxed().await {
+            self.transport.release_stream(stream, key, idle_timeout);
         }
     }
 

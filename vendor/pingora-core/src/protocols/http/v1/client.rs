@@ -79,8 +79,9 @@ pub struct HttpSession {
     /// releasing it does not hash the peer again. (Tollgate patch, see vendor/README.md.)
     pub(crate) pool_key: Option<u64>,
     /// How the last response header read frames its body, as `validate_response` found it.
-    /// (Tollgate patch 13, see vendor/README.md: validation and the body reader looked up
-    /// `Transfer-Encoding` twice and parsed `Content-Length` twice.)
+    /// (Tollgate patch 13, see vendor/README.md: the parse, validation and the body reader
+    /// looked up `Transfer-Encoding` and `Content-Length` three times each, parsing the length
+    /// twice.)
     response_framing: ResponseFraming,
 }
 
@@ -760,24 +761,23 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
-        if self.reusable() {
-            Some(self.underlying_stream)
-        } else {
-            debug!("HTTP shutdown connection");
-            self.shutdown().await;
-            None
-        }
+    pub async fn reuse(self) -> Option<Stream> {
+        Box::new(self).reuse_boxed().await
     }
 
-    /// Whether the connection can be reused once this session ends: [`Self::reuse`]'s decision
-    /// without consuming the session, so a connector can take the stream out of a boxed one.
-    /// (Tollgate patch, see vendor/README.md.)
-    pub(crate) fn reusable(&mut self) -> bool {
+    /// [`Self::reuse`] for a boxed session, which it does not move out of its box. (Tollgate
+    /// patch, see vendor/README.md.)
+    pub(crate) async fn reuse_boxed(mut self: Box<Self>) -> Option<Stream> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-        !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
+        if matches!(self.keepalive_timeout, KeepaliveStatus::Off) {
+            debug!("HTTP shutdown connection");
+            self.shutdown().await;
+            None
+        } else {
+            Some(self.underlying_stream)
+        }
     }
 
     fn init_body_reader(&mut self) {

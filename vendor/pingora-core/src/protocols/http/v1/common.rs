@@ -410,30 +410,6 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
     }
 }
 
-/// Validate that a message's `Content-Length` framing is unambiguous.
-///
-/// Per [RFC 9110 section 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6),
-/// a message received without `Transfer-Encoding` and with multiple
-/// `Content-Length` fields having differing values (or a single invalid value)
-/// has invalid framing and the recipient MUST treat it as an unrecoverable
-/// error. Identical duplicates and comma-combined identical values are
-/// reconciled to a single value via [`parse_content_lengths`].
-///
-/// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
-/// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
-/// ambiguous values before they cross a proxy boundary.
-///
-/// Tollgate patch 13 (vendor/README.md): the HTTP/1 sessions now validate as they establish
-/// the body's framing, each looking `Transfer-Encoding` up once; this stays for its tests.
-#[cfg(test)]
-pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
-    if headers.get(header::TRANSFER_ENCODING).is_some() {
-        // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
-        return Ok(());
-    }
-    content_length_for_framing(headers).map(|_| ())
-}
-
 /// Validate `Content-Length` for transports where `Transfer-Encoding` is not
 /// permitted.
 ///
@@ -472,35 +448,35 @@ mod test {
     };
     use rstest::rstest;
 
+    // Tollgate patch 13 (vendor/README.md): the sessions validate `Content-Length` with
+    // `content_length_for_framing` as they establish the body's framing (the former
+    // `validate_content_length` is gone); that `Transfer-Encoding` overrides it is tested on
+    // the sessions (`test_te_and_cl_disables_keepalive` in server.rs).
     #[test]
     fn test_validate_content_length() {
         let mut headers = HMap::new();
 
         // no CL header is fine
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(content_length_for_framing(&headers).is_ok());
 
         // a single valid CL is fine
         headers.append(CONTENT_LENGTH, "1".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(content_length_for_framing(&headers).is_ok());
 
         // an identical duplicate is reconciled to a single value (RFC 9110 8.6)
         headers.append(CONTENT_LENGTH, "1".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert_eq!(content_length_for_framing(&headers).unwrap(), Some(1));
 
         // a differing duplicate is an unrecoverable framing error
         headers.append(CONTENT_LENGTH, "2".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_err());
-
-        // Transfer-Encoding overrides Content-Length, so CL is ignored
-        headers.append(TRANSFER_ENCODING, "chunked".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(content_length_for_framing(&headers).is_err());
     }
 
     #[test]
     fn test_validate_content_length_invalid_value() {
         let mut headers = HMap::new();
         headers.insert(CONTENT_LENGTH, "not-a-number".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_err());
+        assert!(content_length_for_framing(&headers).is_err());
     }
 
     #[test]

@@ -164,8 +164,8 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
     /// How the request body is framed, as `read_request` validated it; `None` once the request
     /// header is handed out mutably, so the body reader then reads the header again. (Tollgate
-    /// patch 13, see vendor/README.md: validation and the body reader looked up
-    /// `Transfer-Encoding` three times and `Content-Length` twice.)
+    /// patch 13, see vendor/README.md: the parse, validation and the body reader looked up
+    /// `Transfer-Encoding` four times and `Content-Length` three times.)
     request_framing: Option<RequestFraming>,
 }
 
@@ -3199,6 +3199,10 @@ hello\r\n\
             .req_header()
             .headers
             .contains_key(TRANSFER_ENCODING));
+
+        // and it frames the body: Transfer-Encoding overrides Content-Length
+        let body = http_stream.read_body_bytes().await.unwrap();
+        assert_eq!(body.as_deref(), Some(&b"hello"[..]));
     }
 
     #[tokio::test]
