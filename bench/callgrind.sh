@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per request, counted by valgrind's callgrind: Tollgate against bare Pingora
-# (and any --variant), per scenario. Instruction counts are repeatable for the same binary and
+# Instructions per request, counted by valgrind's callgrind: Tollgate against bare Pingora,
+# nginx, HAProxy (and any --variant), per scenario. Instruction counts are repeatable for the same binary and
 # input whatever else the machine is doing, so an A/B of a hot-path change can be judged here
 # when the machine is too noisy for CPU time (bench/compare.sh). Written to
 # bench/results/callgrind.md (or --out NAME), with the functions of Tollgate's own code and
@@ -8,6 +8,11 @@
 #
 #   bench/callgrind.sh [--requests N] [--targets LIST] [--scenarios plain,https,h2]
 #                      [--variant NAME=BIN...] [--tollgate-bin PATH] [--no-build] [--no-pgo] [--out NAME]
+#                      [--sim]
+#
+# --sim adds callgrind's cache and branch-predictor simulation (slower): the report then also
+# has first-level instruction and data cache misses, last-level misses and mispredicted
+# branches per request, which is where two programs with the same instruction count differ.
 #
 # Each target serves under `valgrind --tool=callgrind` (compare.sh --serve with PROXY_WRAP);
 # after a warm-up its counters are zeroed, N requests run (h2load, 50 connections; h2: 10
@@ -20,6 +25,7 @@ N=20000
 TARGETS=tollgate,bare
 SCENARIOS=plain,https,h2
 OUT=callgrind
+SIM=""
 ARGS=()
 CMDLINE="bench/callgrind.sh $*"
 while [ $# -gt 0 ]; do
@@ -32,6 +38,7 @@ while [ $# -gt 0 ]; do
     --no-build) ARGS+=(--no-build) ;;
     --no-pgo) ARGS+=(--no-pgo) ;;
     --out) OUT=$2; shift ;;
+    --sim) SIM="--cache-sim=yes --branch-sim=yes" ;;
     *) echo "callgrind.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -43,7 +50,7 @@ RAW=$BENCH/results/raw/$OUT-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RAW"
 # shellcheck source=lib/serve.sh
 . "$BENCH/lib/serve.sh"
-PROXY_WRAP="valgrind --tool=callgrind --callgrind-out-file=$RAW/%p.cg --dump-instr=no" \
+PROXY_WRAP="valgrind --tool=callgrind --callgrind-out-file=$RAW/%p.cg --dump-instr=no${SIM:+ $SIM}" \
   WAIT_SECS=240 SERVE_WAIT=900 serve "$RAW/serve.log" "${ARGS[@]}" --targets "$TARGETS"
 
 load() { # scenario port_http port_https requests

@@ -34,8 +34,8 @@
 #   --serve                 start backends and targets, print their ports, wait (Ctrl-C stops);
 #                           for manual runs and bench/profile.sh
 #
-# Environment: PROXY_WRAP="cmd args" runs the Tollgate and bare Pingora targets under that
-# command (bench/callgrind.sh uses valgrind); WAIT_SECS (default 30) is how long a target may
+# Environment: PROXY_WRAP="cmd args" runs the proxies under test (Tollgate, bare Pingora, nginx
+# as one process, HAProxy) under that command (bench/callgrind.sh uses valgrind); WAIT_SECS (default 30) is how long a target may
 # take to answer after it starts.
 set -euo pipefail
 
@@ -233,8 +233,11 @@ for t in "${TARGET_LIST[@]}"; do
     direct) PID[$t]=${PID[backend]} ;;
     nginx)
       port_free 28080 || die "port 28080 in use"
-      render "$BENCH/conf/nginx.conf" "$WORK/nginx.conf"
-      start nginx 1 nginx -p "$WORK/nginx-tmp" -c "$WORK/nginx.conf" ;;
+      # Under a wrapper (callgrind.sh) nginx runs as one process, the worker's loop in the
+      # master, so the wrapper sees the requests (it does not follow a fork).
+      render "$BENCH/conf/nginx.conf" "$WORK/nginx.conf" \
+        ${PROXY_WRAP:+-e 's|^daemon off;|daemon off; master_process off;|'}
+      start nginx 1 ${PROXY_WRAP:-} nginx -p "$WORK/nginx-tmp" -c "$WORK/nginx.conf" ;;
     bare)
       port_free "${HTTP[$t]}" || die "port ${HTTP[$t]} in use"
       start "$t" 1 ${PROXY_WRAP:-} "${BARE_BINS[$t]}" "127.0.0.1:${HTTP[$t]}" "127.0.0.1:${HTTPS[$t]}" \
@@ -242,7 +245,7 @@ for t in "${TARGET_LIST[@]}"; do
     haproxy)
       port_free 38080 || die "port 38080 in use"
       render "$BENCH/conf/haproxy.cfg" "$WORK/haproxy.cfg"
-      start haproxy 1 haproxy -db -f "$WORK/haproxy.cfg" ;;
+      start haproxy 1 ${PROXY_WRAP:-} haproxy -db -f "$WORK/haproxy.cfg" ;;
     tollgate)
       port_free "${HTTP[$t]}" || die "port ${HTTP[$t]} in use"
       render "${TG_CONF[$t]}" "$WORK/$t.yaml" \

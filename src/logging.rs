@@ -7,6 +7,7 @@
 //! logger cost 2.5 µs per request (bench/results/micro.md), buffering about a quarter of that.
 
 use crate::config::Logging;
+use pingora::utils::clock;
 use std::cell::RefCell;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -308,7 +309,7 @@ impl AccessLog {
         };
         LINE.with_borrow_mut(|buf| {
             buf.clear();
-            line.write_json(SystemTime::now(), buf);
+            line.write_json(clock::system_now(), buf);
             buf.push(b'\n');
             if let Ok(mut out) = out.lock() {
                 if let Err(e) = out.write_all(buf) {

@@ -18,11 +18,45 @@ def requests(t, s):
     return int(m.group(1)) if m and int(m.group(1)) > 0 else n
 
 
-def total(t, s):
+def events(t, s):
+    """{event: total} of a dump: Ir alone, or with --sim the cache and branch events too."""
+    names, totals = [], []
     for line in open(f"{raw}/{t}-{s}.cg"):
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    return 0
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith(("summary:", "totals:")):
+            totals = [int(v) for v in line.split()[1:]]
+    return dict(zip(names, totals))
+
+
+def total(t, s):
+    return events(t, s).get("Ir", 0)
+
+
+def clock_reads(t, s):
+    """Calls of libc's clock_gettime: callgrind does not count the vDSO's instructions, and a
+    read costs 25-45 ns on these VMs, so the reads are counted apart."""
+    names, calls, callee = {}, 0, None
+    for line in open(f"{raw}/{t}-{s}.cg"):
+        if line.startswith("cfn="):
+            m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            callee = names.get(m.group(1), "")
+        elif line.startswith("fn="):
+            m = re.match(r"fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+        elif line.startswith("calls=") and callee.startswith("clock_gettime"):
+            calls += int(line.split()[0][6:])
+    return calls
+
+
+# With --sim: (column, events summed) per request. I1/D1 are the first-level caches, LL the
+# last level; Bcm/Bim mispredicted conditional / indirect branches.
+SIM = [("I1 misses", ["I1mr"]), ("D1 misses", ["D1mr", "D1mw"]),
+       ("LL misses", ["ILmr", "DLmr", "DLmw"]), ("data reads + writes", ["Dr", "Dw"]),
+       ("branches", ["Bc", "Bi"]), ("mispredicted", ["Bcm", "Bim"])]
 
 
 def self_costs(t, s):
@@ -52,7 +86,7 @@ def inclusive_costs(t, s):
     """(Ir, name) of every function by inclusive cost, largest first (callgrind_annotate).
     callgrind_annotate gives one row per source file of a function (the lines inlined from
     each file, with what they call); summed here to one row per function."""
-    args = ["callgrind_annotate", "--inclusive=yes", "--threshold=100", f"{raw}/{t}-{s}.cg"]
+    args = ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--show=Ir", f"{raw}/{t}-{s}.cg"]
     text = subprocess.run(args, capture_output=True, text=True).stdout
     cost = {}
     for line in text.splitlines():
@@ -83,6 +117,13 @@ for t in targets:
         per[t, s] = total(t, s) / requests(t, s)
         cells.append(f"{per[t, s]:,.0f}")
     L.append(f"| {t} | " + " | ".join(cells) + " |")
+L.append("\nClock reads per request (`clock_gettime` calls; their cost, 25-45 ns each here, is "
+         "in the vDSO, which callgrind does not count):\n")
+L.append("| target | " + " | ".join(scenarios) + " |")
+L.append("|---|" + "---|" * len(scenarios))
+for t in targets:
+    L.append(f"| {t} | " + " | ".join(f"{clock_reads(t, s) / requests(t, s):.1f}"
+                                       for s in scenarios) + " |")
 base = targets[-1]
 if len(targets) > 1:
     L.append(f"\nRatio to `{base}`:\n")
@@ -90,6 +131,17 @@ if len(targets) > 1:
     L.append("|---|" + "---|" * len(scenarios))
     for t in targets[:-1]:
         L.append(f"| {t} | " + " | ".join(f"{per[t, s] / per[base, s]:.2f}" for s in scenarios) + " |")
+
+if "I1mr" in events(targets[0], scenarios[0]):
+    L.append("\nSimulated by callgrind (`--sim`: its cache model, LL the last level, and its "
+             "branch predictor), per request:\n")
+    L.append("| target | scenario | Ir | " + " | ".join(c for c, _ in SIM) + " |")
+    L.append("|---|---|---|" + "---|" * len(SIM))
+    for t in targets:
+        for s in scenarios:
+            ev, r = events(t, s), requests(t, s)
+            cells = [f"{sum(ev.get(e, 0) for e in es) / r:,.0f}" for _, es in SIM]
+            L.append(f"| {t} | {s} | {per[t, s]:,.0f} | " + " | ".join(cells) + " |")
 
 t, s = targets[0], scenarios[0]
 reqs = requests(t, s)

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{Route, Runtime};
 use crate::upstream::{Admitted, BackendState, Group, InFlight};
 use pingora::http::RequestHeader;
+use pingora::utils::clock;
 use smallvec::SmallVec;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -62,7 +63,7 @@ impl Default for RequestMeta {
             id: RequestId::default(),
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            started: Instant::now(),
+            started: clock::now(),
             upstream_path: None,
         }
     }

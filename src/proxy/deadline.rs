@@ -28,6 +28,7 @@ use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerAp
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use pingora::utils::clock;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -195,7 +196,7 @@ where
     {
         // h2 streams arrive with their header already parsed; the h2 layer has its own limits.
         if !session.is_http2() {
-            let due = Instant::now() + self.header_timeout;
+            let due = clock::now() + self.header_timeout;
             let _ = DUE.try_with(|slot| {
                 slot.update(|wait| match wait {
                     Wait::Header(first) => Wait::Header(first),

@@ -19,10 +19,11 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, StaticHeaderName};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::utils::clock;
 use pingora::{ErrorType, OrErr};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// One rate-limit policy of a route.
 pub struct RouteLimit {
@@ -194,7 +195,7 @@ pub fn authenticate(
     let (key, source) =
         presented_key(req, sources).ok_or(Refusal::Unauthorized(AuthError::Missing))?;
     let client = registry
-        .authenticate(key, SystemTime::now())
+        .authenticate(key, clock::system_now())
         .map_err(Refusal::Unauthorized)?;
     Ok(Caller { client, source })
 }

@@ -39,12 +39,12 @@ use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::utils::clock;
 use pingora::ErrorType::{self, HTTPStatus};
 use pingora::RetryType;
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The proxy service's request logic.
 pub struct Tollgate {
@@ -163,12 +163,7 @@ impl ProxyHttp for Tollgate {
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
         let group = &route.group;
-        // A first attempt is picked in the poll that read the request: its start is "now".
-        let now = if ctx.upstream.tried.is_empty() {
-            ctx.request.started
-        } else {
-            Instant::now()
-        };
+        let now = clock::now();
         let Some(read_timeout) = retry::attempt_timeout(
             &route.retries,
             group.config.timeouts.read,
@@ -205,7 +200,7 @@ impl ProxyHttp for Tollgate {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(route) = ctx.route.clone() {
-            ctx.upstream.report(&route.group, false, Instant::now());
+            ctx.upstream.report(&route.group, false, clock::now());
             ctx.upstream
                 .end(&self.metrics, &route.group, Outcome::ConnectError);
             e.set_retry(self.take_retry(ctx, &route, retry::Reason::Connect));
@@ -235,7 +230,7 @@ impl ProxyHttp for Tollgate {
             e.set_retry(true);
             return e;
         }
-        ctx.upstream.report(&route.group, false, Instant::now());
+        ctx.upstream.report(&route.group, false, clock::now());
         let outcome = Outcome::of_error(&e);
         ctx.upstream.end(&self.metrics, &route.group, outcome);
         let stale_pool = client_reused && matches!(e.retry, RetryType::ReusedOnly);
@@ -307,7 +302,7 @@ impl ProxyHttp for Tollgate {
             }
             upstream.insert_header(&names::X_CLIENT_ID, caller.client.client_id())?;
         }
-        ctx.upstream.sent_at = Some(Instant::now());
+        ctx.upstream.sent_at = Some(clock::now());
         Ok(())
     }
 
@@ -323,7 +318,7 @@ impl ProxyHttp for Tollgate {
             return Ok(());
         };
         let status = resp.status.as_u16();
-        let now = Instant::now();
+        let now = clock::now();
         ctx.upstream.responded(&self.metrics, &route.group, now);
         ctx.upstream
             .report(&route.group, !route.group.is_failure_status(status), now);
@@ -407,8 +402,7 @@ impl ProxyHttp for Tollgate {
         if let Some(route) = &ctx.route {
             ctx.upstream.end(&self.metrics, &route.group, outcome);
         }
-        // One clock read for the metric, the log line and the idle deadline.
-        let now = Instant::now();
+        let now = clock::now();
         deadline::request_done(now);
         let latency = now.saturating_duration_since(ctx.request.started);
         self.metrics.request_finished(
@@ -487,7 +481,7 @@ impl Tollgate {
             ctx.upstream.tried.len(),
             untried,
             ctx.request.started,
-            Instant::now(),
+            clock::now(),
         ) {
             return false;
         }
@@ -498,7 +492,7 @@ impl Tollgate {
                 .inc();
             return true;
         }
-        let unix = std::time::SystemTime::now()
+        let unix = clock::system_now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         match route.retry_budget.try_retry(policy, unix) {

@@ -33,6 +33,7 @@ use crate::protocols::http::{ReusableHttpStream, ServerSession};
 use crate::protocols::Digest;
 use crate::protocols::Stream;
 use crate::protocols::ALPN;
+use crate::utils::clock;
 
 // https://datatracker.ietf.org/doc/html/rfc9113#section-3.4
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -418,8 +419,9 @@ where
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
                         // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
+                        // Tollgate patch: each poll reads the clock once.
+                        let session = ServerSession::new_http2(h2_stream);
+                        clock::scope(app.process_new_http(session, &shutdown)).await;
                     });
                 },
             )

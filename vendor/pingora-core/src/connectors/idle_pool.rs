@@ -12,6 +12,7 @@
 //! most `capacity` streams; releasing one more closes the least recently released.
 
 use crate::protocols::Stream;
+use crate::utils::clock;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -93,7 +94,8 @@ impl IdlePool {
 
     /// Keep `stream` under `key` for reuse until `idle_timeout` passes.
     pub(crate) fn put(&self, key: u64, stream: Stream, idle_timeout: Option<Duration>) -> Put {
-        let since = Instant::now();
+        // The poll's reading (Tollgate patch): a release follows the response in one poll.
+        let since = clock::now();
         let idle = Idle {
             stream,
             since,
@@ -124,7 +126,8 @@ impl IdlePool {
     /// The most recently released stream under `key` that has not outlived its idle timeout.
     /// Expired streams met on the way are closed (outside the lock).
     pub(crate) fn take(&self, key: u64) -> Option<Stream> {
-        let now = Instant::now();
+        // The poll's reading (Tollgate patch): a take follows the request in one poll.
+        let now = clock::now();
         loop {
             let idle = self.state.lock().pop_newest(key)?;
             if !idle.expired(now) {

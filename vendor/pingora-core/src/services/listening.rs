@@ -30,6 +30,7 @@ use crate::protocols::Stream;
 use crate::server::ListenFds;
 use crate::server::{RuntimeOpts, ShutdownWatch};
 use crate::services::Service as ServiceTrait;
+use crate::utils::clock;
 
 use async_trait::async_trait;
 use log::{debug, error, info};
@@ -238,7 +239,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         match timeout(Duration::from_secs(60), handshake).await {
                             Ok(handshake) => {
                                 match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    // Tollgate patch: each poll reads the clock once.
+                                    Ok(io) => {
+                                        clock::scope(Self::handle_event(io, app, shutdown)).await
+                                    }
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {

@@ -15,6 +15,7 @@
 //! This module contains various types that make it easier to work with bytes and X509
 //! certificates.
 
+pub mod clock;
 #[cfg(feature = "any_tls")]
 pub mod tls;
 

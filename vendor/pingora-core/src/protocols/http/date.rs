@@ -46,7 +46,9 @@ impl CacheableDate {
     }
 
     pub fn get_date(&mut self) -> HeaderValue {
-        let d = SystemTime::now()
+        // The poll's reading (Tollgate patch): the `Date` of a response is the time its poll
+        // began, as nginx's and HAProxy's cached time is.
+        let d = crate::utils::clock::system_now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap();
         self.update(d);
