@@ -519,41 +519,38 @@ where
         Ok(duration)
     }
 
+    /// Tollgate patch 8 (vendor/README.md): the request's end works on the borrowed session
+    /// and says whether to keep the connection; [`release_downstream`] then finishes it.
     async fn finish(
         &self,
-        mut session: Session,
+        session: &mut Session,
         ctx: &mut SV::CTX,
         reuse: bool,
         error: Option<Box<Error>>,
-    ) -> Option<ReusedHttpStream>
+    ) -> Option<HttpPersistentSettings>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
-        self.inner
-            .logging(&mut session, error.as_deref(), ctx)
-            .await;
+        self.inner.logging(session, error.as_deref(), ctx).await;
 
         if let Some(e) = error {
             session.downstream_session.on_proxy_failure(e);
         }
 
-        if reuse {
-            // TODO: log error
-            let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-            if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
-                persistent_settings.set_user_context(uc);
-            }
-            session
-                .downstream_session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings))
-        } else {
-            None
+        reuse.then(|| self.persistent_settings(session, ctx))
+    }
+
+    /// What a kept-alive connection carries to its next request.
+    fn persistent_settings(&self, session: &Session, ctx: &SV::CTX) -> HttpPersistentSettings
+    where
+        SV: ProxyHttp,
+    {
+        let mut persistent_settings = HttpPersistentSettings::for_session(session);
+        if let Some(uc) = self.inner.persist_connection_context(session, ctx) {
+            persistent_settings.set_user_context(uc);
         }
+        persistent_settings
     }
 
     fn cleanup_sub_req(&self, session: &mut Session) {
@@ -561,6 +558,23 @@ where
             ctx.release_write_lock();
         }
     }
+}
+
+/// Finishes a request's downstream session and, when `reuse` says to keep the connection,
+/// hands its stream on to the next request (Tollgate patch 8: one place for what
+/// `process_request`'s three endings each did; only the session's box moves here).
+async fn release_downstream(
+    downstream: Box<HttpSession>,
+    reuse: Option<HttpPersistentSettings>,
+) -> Option<ReusedHttpStream> {
+    let persistent_settings = reuse?;
+    // TODO: log error
+    downstream
+        .finish()
+        .await
+        .ok()
+        .flatten()
+        .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings))
 }
 
 use pingora_cache::HttpCache;
@@ -1146,26 +1160,25 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    /// The request, from its filters to its log line, on the session and context that the
+    /// caller keeps (Tollgate patch 8: not moved into this future and on into `finish`'s);
+    /// says whether to keep the connection, for [`release_downstream`].
     async fn process_request(
         self: &Arc<Self>,
-        mut session: Session,
-        mut ctx: <SV as ProxyHttp>::CTX,
-    ) -> Option<ReusedHttpStream>
+        session: &mut Session,
+        ctx: &mut <SV as ProxyHttp>::CTX,
+    ) -> Option<HttpPersistentSettings>
     where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
-        if let Err(e) = self
-            .inner
-            .early_request_filter(&mut session, &mut ctx)
-            .await
-        {
+        if let Err(e) = self.inner.early_request_filter(session, ctx).await {
             return self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
+                .handle_error(session, ctx, e, "Fail to early filter request:")
                 .await;
         }
 
-        if self.inner.allow_spawning_subrequest(&session, &ctx) {
+        if self.inner.allow_spawning_subrequest(session, ctx) {
             session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
         }
 
@@ -1182,7 +1195,7 @@ where
                 return self
                     .handle_error(
                         session,
-                        &mut ctx,
+                        ctx,
                         e,
                         "Failed in downstream modules request filter:",
                     )
@@ -1190,48 +1203,34 @@ where
             }
         }
 
-        match self.inner.request_filter(&mut session, &mut ctx).await {
+        match self.inner.request_filter(session, ctx).await {
             Ok(response_sent) => {
                 if response_sent {
                     // TODO: log error
-                    self.inner.logging(&mut session, None, &mut ctx).await;
-                    self.cleanup_sub_req(&mut session);
-                    let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-                    if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
-                        persistent_settings.set_user_context(uc);
-                    }
-                    return session
-                        .downstream_session
-                        .finish()
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings));
+                    self.inner.logging(session, None, ctx).await;
+                    self.cleanup_sub_req(session);
+                    return Some(self.persistent_settings(session, ctx));
                 }
                 /* else continue */
             }
             Err(e) => {
                 return self
-                    .handle_error(session, &mut ctx, e, "Fail to filter request:")
+                    .handle_error(session, ctx, e, "Fail to filter request:")
                     .await;
             }
         }
 
-        if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
+        if let Some((reuse, err)) = self.proxy_cache(session, ctx).await {
             // cache hit
-            return self.finish(session, &mut ctx, reuse, err).await;
+            return self.finish(session, ctx, reuse, err).await;
         }
         // either uncacheable, or cache miss
 
         // there should not be a write lock in the sub req ctx after this point
-        self.cleanup_sub_req(&mut session);
+        self.cleanup_sub_req(session);
 
         // decide if the request is allowed to go to upstream
-        match self
-            .inner
-            .proxy_upstream_filter(&mut session, &mut ctx)
-            .await
-        {
+        match self.inner.proxy_upstream_filter(session, ctx).await {
             Ok(proxy_to_upstream) => {
                 if !proxy_to_upstream {
                     // The hook can choose to write its own response, but if it doesn't, we respond
@@ -1247,7 +1246,7 @@ where
                                 return self
                                     .handle_error(
                                         session,
-                                        &mut ctx,
+                                        ctx,
                                         e,
                                         "Error responding with Bad Gateway:",
                                     )
@@ -1256,7 +1255,7 @@ where
                         }
                     }
 
-                    return self.finish(session, &mut ctx, true, None).await;
+                    return self.finish(session, ctx, true, None).await;
                 }
                 /* else continue */
             }
@@ -1268,7 +1267,7 @@ where
                 return self
                     .handle_error(
                         session,
-                        &mut ctx,
+                        ctx,
                         e,
                         "Error deciding if we should proxy to upstream:",
                     )
@@ -1284,7 +1283,7 @@ where
         while retries < self.max_retries {
             retries += 1;
 
-            let (reuse, e) = self.proxy_to_upstream(&mut session, &mut ctx).await;
+            let (reuse, e) = self.proxy_to_upstream(session, ctx).await;
             server_reuse = reuse;
 
             match e {
@@ -1293,8 +1292,8 @@ where
                     // only log error that will be retried here, the final error will be logged below
                     if retry
                         && !self.inner.suppress_proxy_warn_log(
-                            &session,
-                            &ctx,
+                            session,
+                            ctx,
                             &error,
                             ProxyWarnLogContext::UpstreamRetry,
                         )
@@ -1304,7 +1303,7 @@ where
                             error,
                             retries,
                             retry,
-                            self.inner.request_summary(&session, &ctx)
+                            self.inner.request_summary(session, ctx)
                         );
                     }
                     proxy_error = Some(error);
@@ -1324,7 +1323,7 @@ where
         // allow unwrap until if let chains
         #[allow(clippy::unnecessary_unwrap)]
         let serve_stale_result = if proxy_error.is_some() && session.cache.can_serve_stale_error() {
-            self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap())
+            self.handle_stale_if_error(session, ctx, proxy_error.as_ref().unwrap())
                 .await
         } else {
             None
@@ -1348,66 +1347,52 @@ where
                 };
                 session.cache.disable(reason);
             }
-            let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
+            let res = self.inner.fail_to_proxy(session, e, ctx).await;
 
             // final error will have > 0 status unless downstream connection is dead
-            if !self.inner.suppress_error_log(&session, &ctx, e) {
+            if !self.inner.suppress_error_log(session, ctx, e) {
                 error!(
                     "Fail to proxy: {}, status: {}, tries: {}, retry: {}, {}",
                     e,
                     res.error_code,
                     retries,
                     false, // we never retry here
-                    self.inner.request_summary(&session, &ctx),
+                    self.inner.request_summary(session, ctx),
                 );
             }
         }
 
         // logging() will be called in finish()
-        self.finish(session, &mut ctx, server_reuse, final_error)
-            .await
+        self.finish(session, ctx, server_reuse, final_error).await
     }
 
     async fn handle_error(
         &self,
-        mut session: Session,
+        session: &mut Session,
         ctx: &mut <SV as ProxyHttp>::CTX,
         e: Box<Error>,
         context: &str,
-    ) -> Option<ReusedHttpStream>
+    ) -> Option<HttpPersistentSettings>
     where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
-        let res = self.inner.fail_to_proxy(&mut session, &e, ctx).await;
-        if !self.inner.suppress_error_log(&session, ctx, &e) {
+        let res = self.inner.fail_to_proxy(session, &e, ctx).await;
+        if !self.inner.suppress_error_log(session, ctx, &e) {
             error!(
                 "{context} {}, status: {}, {}",
                 e,
                 res.error_code,
-                self.inner.request_summary(&session, ctx)
+                self.inner.request_summary(session, ctx)
             );
         }
-        self.inner.logging(&mut session, Some(&e), ctx).await;
-        self.cleanup_sub_req(&mut session);
+        self.inner.logging(session, Some(&e), ctx).await;
+        self.cleanup_sub_req(session);
 
         session.downstream_session.on_proxy_failure(e);
 
-        if res.can_reuse_downstream {
-            let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-            if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
-                persistent_settings.set_user_context(uc);
-            }
-            session
-                .downstream_session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings))
-        } else {
-            None
-        }
+        res.can_reuse_downstream
+            .then(|| self.persistent_settings(session, ctx))
     }
 }
 
@@ -1460,8 +1445,9 @@ where
 
         session.subrequest_ctx.replace(sub_req_ctx);
         trace!("processing subrequest");
-        let ctx = self.inner.new_ctx();
-        self.process_request(session, ctx).await;
+        let mut ctx = self.inner.new_ctx();
+        let reuse = self.process_request(&mut session, &mut ctx).await;
+        release_downstream(session.downstream_session, reuse).await;
         trace!("subrequest done");
     }
 }
@@ -1607,7 +1593,8 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        let reuse = self.process_request(&mut session, &mut ctx).await;
+        release_downstream(session.downstream_session, reuse).await
     }
 }
 
