@@ -22,7 +22,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tollgate::routing::{normalize_path, RouteSpec, Router};
 
 // ---------------------------------------------------------------------------------------------
@@ -219,8 +219,7 @@ fn bench_request_path(c: &mut Criterion) {
     // request_filter: identity (client ip + a new request id), as RequestMeta::read does it.
     g.bench_function("request_id_generate", |b| b.iter(RequestId::generate));
     g.bench_function("request_meta_read", |b| {
-        let started = Instant::now();
-        b.iter(|| RequestMeta::read(black_box(&req), loopback, &trusted, started))
+        b.iter(|| RequestMeta::read(black_box(&req), loopback, &trusted))
     });
     g.bench_function("route_lookup_host_slash", |b| {
         let rt = bench_runtime();

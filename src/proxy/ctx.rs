@@ -70,14 +70,9 @@ impl Default for RequestMeta {
 }
 
 impl RequestMeta {
-    /// Reads identity from the request: client ip and a kept or generated request id. The
-    /// request `started` when its context was made (one clock read serves both).
-    pub fn read(
-        req: &RequestHeader,
-        peer: IpAddr,
-        trusted: &TrustedProxies,
-        started: Instant,
-    ) -> Self {
+    /// Reads identity from the request: client ip and a kept or generated request id; the
+    /// request starts now.
+    pub fn read(req: &RequestHeader, peer: IpAddr, trusted: &TrustedProxies) -> Self {
         let client_ip = trusted.client_ip(peer, &req.headers);
         // Looked up only for a trusted peer: most requests have none to look for.
         let id = trusted
@@ -90,7 +85,7 @@ impl RequestMeta {
             id,
             peer_ip: peer,
             client_ip,
-            started,
+            started: clock::now(),
             upstream_path: None,
         }
     }

@@ -107,7 +107,7 @@ impl ProxyHttp for Tollgate {
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let req = session.req_header();
-        ctx.request = RequestMeta::read(req, peer, &ctx.runtime.trusted, ctx.request.started);
+        ctx.request = RequestMeta::read(req, peer, &ctx.runtime.trusted);
         if header_size(req) > self.max_header_size {
             return reply(session, ctx, 431, "request header fields too large").await;
         }
@@ -129,9 +129,8 @@ impl ProxyHttp for Tollgate {
                 Err(refusal) => return self.refuse(session, ctx, &route, refusal).await,
             }
         }
-        // The request's start is the limiters' "now": the same poll, a clock read saved.
         if let Err(refusal) = gate::check_limits(
-            ctx.request.started,
+            clock::now(),
             &route,
             ctx.caller.as_ref(),
             ctx.request.client_ip,
