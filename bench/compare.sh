@@ -35,8 +35,8 @@
 #                           for manual runs and bench/profile.sh
 #
 # Environment: PROXY_WRAP="cmd args" runs the proxies under test (Tollgate, bare Pingora, nginx
-# as one process, HAProxy) under that command (bench/callgrind.sh uses valgrind); WAIT_SECS (default 30) is how long a target may
-# take to answer after it starts.
+# as one process, HAProxy) under that command (bench/callgrind.sh uses valgrind); WAIT_SECS
+# (default 30) is how long a target may take to answer after it starts.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)

@@ -1,4 +1,5 @@
 """Turns bench/callgrind.sh's dumps into bench/results/<out>.md: instructions per request."""
+import functools
 import re
 import subprocess
 import sys
@@ -18,15 +19,42 @@ def requests(t, s):
     return int(m.group(1)) if m and int(m.group(1)) > 0 else n
 
 
-def events(t, s):
-    """{event: total} of a dump: Ir alone, or with --sim the cache and branch events too."""
-    names, totals = [], []
+@functools.lru_cache(maxsize=None)
+def dump(t, s):
+    """One pass over a dump: {event: total} (Ir alone, or with --sim the cache and branch
+    events too), each function's self Ir, and the calls of libc's `clock_gettime`."""
+    events, totals, names, cost, clock_calls = [], [], {}, {}, 0
+    current = callee = None
+    call_line = False
     for line in open(f"{raw}/{t}-{s}.cg"):
-        if line.startswith("events:"):
-            names = line.split()[1:]
+        if line.startswith(("fn=", "cfn=")):
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            if line.startswith("fn="):
+                current = names[m.group(1)]
+            else:
+                callee = names[m.group(1)]
+        elif line.startswith("calls="):
+            call_line = True
+            if callee.startswith("clock_gettime"):
+                clock_calls += int(line.split()[0][6:])
+        elif line.startswith("events:"):
+            events = line.split()[1:]
         elif line.startswith(("summary:", "totals:")):
             totals = [int(v) for v in line.split()[1:]]
-    return dict(zip(names, totals))
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if call_line:  # the inclusive cost of a call, not the caller's own
+                call_line = False
+                continue
+            parts = line.split()
+            if len(parts) > 1:
+                cost[current] = cost.get(current, 0) + int(parts[1])
+    return dict(zip(events, totals)), cost, clock_calls
+
+
+def events(t, s):
+    return dump(t, s)[0]
 
 
 def total(t, s):
@@ -36,20 +64,7 @@ def total(t, s):
 def clock_reads(t, s):
     """Calls of libc's clock_gettime: callgrind does not count the vDSO's instructions, and a
     read costs 25-45 ns on these VMs, so the reads are counted apart."""
-    names, calls, callee = {}, 0, None
-    for line in open(f"{raw}/{t}-{s}.cg"):
-        if line.startswith("cfn="):
-            m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-            if m.group(2):
-                names[m.group(1)] = m.group(2)
-            callee = names.get(m.group(1), "")
-        elif line.startswith("fn="):
-            m = re.match(r"fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-            if m.group(2):
-                names[m.group(1)] = m.group(2)
-        elif line.startswith("calls=") and callee.startswith("clock_gettime"):
-            calls += int(line.split()[0][6:])
-    return calls
+    return dump(t, s)[2]
 
 
 # With --sim: (column, events summed) per request. I1/D1 are the first-level caches, LL the
@@ -62,31 +77,15 @@ SIM = [("I1 misses", ["I1mr"]), ("D1 misses", ["D1mr", "D1mw"]),
 def self_costs(t, s):
     """(Ir, name) of every function by self cost, largest first, read from the dump itself
     (callgrind_annotate 3.19 shows only the outermost function without --inclusive)."""
-    names, cost, current, call_line = {}, {}, None, False
-    for line in open(f"{raw}/{t}-{s}.cg"):
-        if line.startswith(("fn=", "cfn=")):
-            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-            if m.group(2):
-                names[m.group(1)] = m.group(2)
-            if line.startswith("fn="):
-                current = names[m.group(1)]
-        elif line.startswith("calls="):
-            call_line = True
-        elif line[:1].isdigit() or line[:1] in "+-*":
-            if call_line:  # the inclusive cost of a call, not the caller's own
-                call_line = False
-                continue
-            parts = line.split()
-            if len(parts) > 1:
-                cost[current] = cost.get(current, 0) + int(parts[1])
-    return sorted(((ir, name) for name, ir in cost.items()), reverse=True)
+    return sorted(((ir, name) for name, ir in dump(t, s)[1].items()), reverse=True)
 
 
 def inclusive_costs(t, s):
     """(Ir, name) of every function by inclusive cost, largest first (callgrind_annotate).
     callgrind_annotate gives one row per source file of a function (the lines inlined from
     each file, with what they call); summed here to one row per function."""
-    args = ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--show=Ir", f"{raw}/{t}-{s}.cg"]
+    args = ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--show=Ir",
+            f"{raw}/{t}-{s}.cg"]
     text = subprocess.run(args, capture_output=True, text=True).stdout
     cost = {}
     for line in text.splitlines():

@@ -127,7 +127,7 @@ where
         // limits and idle timeout); every other connection here is HTTP/1 (Tollgate enables no
         // h2c), whose first header is due from now.
         let http2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let now = Instant::now();
+        let now = clock::now();
         let due = Arc::new(Due {
             wait: Mutex::new(if http2 {
                 Wait::Busy
@@ -147,7 +147,7 @@ where
                 biased;
                 next = &mut connection => return next,
                 () = &mut check => {
-                    let now = Instant::now();
+                    let now = clock::now();
                     let next_check = match due.get() {
                         Wait::Header(at) if at <= now => {
                             log::debug!("request header not complete in time, closing");

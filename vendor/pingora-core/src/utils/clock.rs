@@ -29,88 +29,53 @@
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::thread::LocalKey;
 use std::time::{Instant, SystemTime};
 
-#[derive(Clone, Copy)]
-enum Scope {
-    /// Not inside [`scoped`]: every call reads the clock.
-    Off,
-    /// Inside [`scoped`]: the readings taken so far in this poll.
-    Open {
-        instant: Option<Instant>,
-        system: Option<SystemTime>,
-    },
-}
-
 thread_local! {
-    static SCOPE: Cell<Scope> = const { Cell::new(Scope::Off) };
+    /// Whether this thread is inside [`scoped`].
+    static OPEN: Cell<bool> = const { Cell::new(false) };
+    /// This poll's readings; always `None` outside a scope.
+    static INSTANT: Cell<Option<Instant>> = const { Cell::new(None) };
+    static SYSTEM: Cell<Option<SystemTime>> = const { Cell::new(None) };
 }
 
 /// The monotonic time: this poll's reading inside [`scoped`], else the clock's.
 pub fn now() -> Instant {
-    SCOPE.with(|scope| match scope.get() {
-        Scope::Off => Instant::now(),
-        Scope::Open {
-            instant: Some(instant),
-            ..
-        } => instant,
-        Scope::Open {
-            instant: None,
-            system,
-        } => {
-            let instant = Instant::now();
-            scope.set(Scope::Open {
-                instant: Some(instant),
-                system,
-            });
-            instant
-        }
-    })
+    reading(&INSTANT, Instant::now)
 }
 
 /// The wall-clock time: this poll's reading inside [`scoped`], else the clock's.
 pub fn system_now() -> SystemTime {
-    SCOPE.with(|scope| match scope.get() {
-        Scope::Off => SystemTime::now(),
-        Scope::Open {
-            system: Some(system),
-            ..
-        } => system,
-        Scope::Open {
-            instant,
-            system: None,
-        } => {
-            let system = SystemTime::now();
-            scope.set(Scope::Open {
-                instant,
-                system: Some(system),
-            });
-            system
-        }
+    reading(&SYSTEM, SystemTime::now)
+}
+
+/// `slot`'s reading if taken in this scope, else `read()`, kept in `slot` inside a scope.
+fn reading<T: Copy + 'static>(slot: &'static LocalKey<Cell<Option<T>>>, read: fn() -> T) -> T {
+    slot.with(|slot| {
+        slot.get().unwrap_or_else(|| {
+            let now = read();
+            if OPEN.with(Cell::get) {
+                slot.set(Some(now));
+            }
+            now
+        })
     })
 }
 
 /// Runs `f`, one poll of a future, with [`now`] and [`system_now`] each reading the clock at
 /// most once. Nested inside another scope, `f` shares the outer scope's readings.
 pub fn scoped<R>(f: impl FnOnce() -> R) -> R {
-    let opened = SCOPE.with(|scope| match scope.get() {
-        Scope::Open { .. } => false,
-        Scope::Off => {
-            scope.set(Scope::Open {
-                instant: None,
-                system: None,
-            });
-            true
-        }
-    });
-    if !opened {
+    if OPEN.with(|open| open.replace(true)) {
         return f();
     }
-    /// Closes the scope when `f` returns or unwinds.
+    /// Closes the scope, and forgets its readings, when `f` returns or unwinds.
     struct Close;
     impl Drop for Close {
         fn drop(&mut self) {
-            SCOPE.with(|scope| scope.set(Scope::Off));
+            INSTANT.with(|slot| slot.set(None));
+            SYSTEM.with(|slot| slot.set(None));
+            OPEN.with(|open| open.set(false));
         }
     }
     let _close = Close;

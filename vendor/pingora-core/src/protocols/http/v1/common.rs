@@ -122,7 +122,7 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
-///
+/// Frames a message body by its headers: chunked, `Content-Length`, or close-delimited.
 /// Returns whether the headers have `Content-Length`, when it was looked up (not when chunked).
 /// (Tollgate patch 15, see vendor/README.md.)
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) -> Option<bool> {
