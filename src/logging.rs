@@ -7,11 +7,12 @@
 //! logger cost 2.5 µs per request (bench/results/micro.md), buffering about a quarter of that.
 
 use crate::config::Logging;
+use crate::upstream::BackendState;
 use pingora::utils::clock;
 use std::cell::RefCell;
 use std::io::{BufWriter, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Installs the global logger. Call once, before the server starts.
@@ -53,16 +54,15 @@ pub struct AccessLine<'a> {
     pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
-    pub backend: Option<&'a str>,
     pub status: u16,
     pub bytes: usize,
     /// Written as `latency_ms`, in milliseconds with microsecond precision.
     pub latency: Duration,
     /// Written as `upstream_latency_ms`.
     pub upstream_latency: Option<Duration>,
-    pub attempts: usize,
-    /// Every backend tried, in order.
-    pub tried: &'a [SocketAddr],
+    /// Every backend tried, in order: written as `tried`, their labels (`ip:port`), with the
+    /// last as `backend` and their number as `attempts`.
+    pub tried: &'a [Arc<BackendState>],
 }
 
 impl AccessLine<'_> {
@@ -81,11 +81,21 @@ impl AccessLine<'_> {
             (b",\"path\":", Some(self.path)),
             (b",\"route\":", self.route),
             (b",\"upstream\":", self.upstream),
-            (b",\"backend\":", self.backend),
         ];
         for (key, value) in strings {
             buf.extend_from_slice(key);
             json_opt_str(buf, value);
+        }
+        // A label is a socket address as `Display` writes it: nothing in it to escape.
+        let label = |buf: &mut Vec<u8>, backend: &BackendState| {
+            buf.push(b'"');
+            buf.extend_from_slice(backend.label.as_bytes());
+            buf.push(b'"');
+        };
+        buf.extend_from_slice(b",\"backend\":");
+        match self.tried.last() {
+            Some(backend) => label(buf, backend),
+            None => buf.extend_from_slice(b"null"),
         }
         let mut n = itoa::Buffer::new();
         for (key, value) in [
@@ -107,21 +117,13 @@ impl AccessLine<'_> {
             }
         }
         buf.extend_from_slice(b",\"attempts\":");
-        buf.extend_from_slice(n.format(self.attempts).as_bytes());
+        buf.extend_from_slice(n.format(self.tried.len()).as_bytes());
         buf.extend_from_slice(b",\"tried\":[");
-        for (i, addr) in self.tried.iter().enumerate() {
-            buf.extend_from_slice(if i == 0 { b"\"" } else { b",\"" });
-            match addr {
-                SocketAddr::V4(v4) => {
-                    write_ip(buf, IpAddr::V4(*v4.ip()));
-                    buf.push(b':');
-                    buf.extend_from_slice(n.format(v4.port()).as_bytes());
-                }
-                SocketAddr::V6(v6) => {
-                    let _ = write!(buf, "{v6}");
-                }
+        for (i, backend) in self.tried.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
             }
-            buf.push(b'"');
+            label(buf, backend);
         }
         buf.extend_from_slice(b"]}");
     }
@@ -350,7 +352,7 @@ impl pingora::services::background::BackgroundService for AccessLogFlusher {
 mod tests {
     use super::*;
 
-    fn line<'a>(path: &'a str, tried: &'a [SocketAddr]) -> AccessLine<'a> {
+    fn line<'a>(path: &'a str, tried: &'a [Arc<BackendState>]) -> AccessLine<'a> {
         AccessLine {
             request_id: "id-1",
             client_ip: IpAddr::from([192, 0, 2, 7]),
@@ -358,12 +360,10 @@ mod tests {
             path,
             route: Some("web"),
             upstream: None,
-            backend: Some("127.0.0.1:8081"),
             status: 200,
             bytes: 64,
             latency: Duration::from_micros(1_005),
             upstream_latency: Some(Duration::from_micros(7)),
-            attempts: tried.len(),
             tried,
         }
     }
@@ -380,10 +380,11 @@ mod tests {
     /// Every field comes out as valid JSON with its value; strings survive escaping intact.
     #[test]
     fn line_is_json_with_every_field() {
-        let tried: [SocketAddr; 2] = [
-            ([127, 0, 0, 1], 8081).into(),
-            (std::net::Ipv6Addr::LOCALHOST, 8082).into(),
-        ];
+        let tried = [
+            BackendState::new(0, ([127, 0, 0, 1], 8081).into()),
+            BackendState::new(1, (std::net::Ipv6Addr::LOCALHOST, 8082).into()),
+        ]
+        .map(Arc::new);
         let nasty = "/a\"b\\c\n\r\t\u{1}\u{1f}/é/✓";
         let now = UNIX_EPOCH + Duration::from_millis(1_764_100_000_042);
         let v = parse(&line(nasty, &tried), now);
@@ -398,6 +399,7 @@ mod tests {
         assert_eq!(v["latency_ms"].as_f64(), Some(1.005));
         assert_eq!(v["upstream_latency_ms"].as_f64(), Some(0.007));
         assert_eq!(v["attempts"], 2);
+        assert_eq!(v["backend"], "[::1]:8082");
         assert_eq!(
             v["tried"],
             serde_json::json!(["127.0.0.1:8081", "[::1]:8082"])
@@ -405,12 +407,13 @@ mod tests {
     }
 
     /// Escaping is right wherever a byte to escape falls among the eight checked at once,
-    /// next to multi-byte characters too.
+    /// in strings shorter than eight bytes too, and next to multi-byte characters.
     #[test]
     fn strings_round_trip_whatever_the_position_of_an_escape() {
-        for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', '\u{7f}', 'é'] {
-            for at in 0..20 {
-                let mut s: Vec<char> = "abcdefgh✓ijklmnopqrs".chars().collect();
+        let base: Vec<char> = "abcdefgh✓ijklmnopqrs".chars().collect();
+        for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', '\u{7f}', 'é', ' '] {
+            for (len, at) in (0..=base.len()).flat_map(|len| (0..=len).map(move |at| (len, at))) {
+                let mut s = base[..len].to_vec();
                 s.insert(at, special);
                 let s: String = s.into_iter().collect();
                 let mut buf = Vec::new();
@@ -446,7 +449,10 @@ mod tests {
             parse(&line("/", &[]), t1)["time"],
             "2025-11-25T19:46:41.001Z"
         );
-        assert_eq!(parse(&line("/", &[]), t1)["tried"], serde_json::json!([]));
+        let none = parse(&line("/", &[]), t1);
+        assert_eq!(none["tried"], serde_json::json!([]));
+        assert!(none["backend"].is_null());
+        assert_eq!(none["attempts"], 0);
         let mut v6 = line("/", &[]);
         v6.client_ip = std::net::Ipv6Addr::LOCALHOST.into();
         assert_eq!(parse(&v6, t1)["client_ip"], "::1");

@@ -21,7 +21,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tollgate::routing::{normalize_path, RouteSpec, Router};
 
@@ -116,7 +116,6 @@ fn bench_routing(c: &mut Criterion) {
 // The closed fast path: what every request pays when breakers are configured
 // (`circuit_breaker:` on an upstream).
 fn bench_breaker(c: &mut Criterion) {
-    use std::sync::Arc;
     use std::time::Instant;
     use tollgate::breaker::{Breaker, BreakerPolicy, GroupBreakers};
     let policy = Arc::new(BreakerPolicy::default());
@@ -366,7 +365,10 @@ fn bench_request_path(c: &mut Criterion) {
         Ok(l) => l,
         Err(e) => panic!("access log: {e}"),
     };
-    let tried: [SocketAddr; 1] = [SocketAddr::from(([127, 0, 0, 1], 18081))];
+    let tried = [Arc::new(tollgate::upstream::BackendState::new(
+        0,
+        SocketAddr::from(([127, 0, 0, 1], 18081)),
+    ))];
     let line = tollgate::logging::AccessLine {
         request_id: "0123456789abcdef0123456789abcdef",
         client_ip: loopback,
@@ -374,12 +376,10 @@ fn bench_request_path(c: &mut Criterion) {
         path: "/",
         route: Some("web"),
         upstream: Some("web"),
-        backend: Some("127.0.0.1:18081"),
         status: 200,
         bytes: 64,
         latency: Duration::from_micros(412),
         upstream_latency: Some(Duration::from_micros(201)),
-        attempts: 1,
         tried: &tried,
     };
     g.bench_function("access_line_write_to_file", |b| {

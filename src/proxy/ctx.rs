@@ -11,7 +11,7 @@ use crate::upstream::{Admitted, BackendState, Group, InFlight};
 use pingora::http::RequestHeader;
 use pingora::utils::clock;
 use smallvec::SmallVec;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,13 +94,13 @@ impl RequestMeta {
 /// The backends this request tried, and the one it is on now.
 #[derive(Default)]
 pub struct Attempts {
-    /// Addresses tried so far, in order; a retry never picks one of these again. Two fit
-    /// inline (a request and its first retry), so a request allocates nothing for them.
-    pub tried: SmallVec<[SocketAddr; 2]>,
+    /// Backends tried so far, in order, the current or last attempt's last; a retry never
+    /// picks one of these again. Two fit inline (a request and its first retry), so a request
+    /// allocates nothing for them.
+    pub tried: SmallVec<[Arc<BackendState>; 2]>,
     current: Option<InFlight>,
     /// The breaker's decision for the current attempt, until its result is reported.
     admitted: Option<Admitted>,
-    last: Option<Arc<BackendState>>,
     /// The current attempt failed on a status that asked for a retry.
     pub retry_on_status: bool,
     /// When the request header went to the current backend.
@@ -111,8 +111,8 @@ pub struct Attempts {
 impl Attempts {
     /// Starts an attempt on `backend` (ending the previous one, if any).
     pub fn begin(&mut self, backend: Arc<BackendState>, admitted: Admitted) {
-        self.tried.push(backend.addr);
         self.current = Some(backend.begin());
+        self.tried.push(backend);
         self.admitted = Some(admitted);
         self.retry_on_status = false;
         self.sent_at = None;
@@ -138,7 +138,6 @@ impl Attempts {
     pub fn end(&mut self, metrics: &Metrics, group: &Group, outcome: Outcome) {
         if let Some(attempt) = self.current.take() {
             metrics.upstream_attempt(group, attempt.backend(), outcome);
-            self.last = Some(attempt.backend().clone());
         }
     }
 
@@ -147,13 +146,9 @@ impl Attempts {
         self.response_after
     }
 
-    /// The backend of the current or last attempt.
-    pub fn last_backend(&self) -> Option<&str> {
-        self.current
-            .as_ref()
-            .map(|c| c.backend())
-            .or(self.last.as_ref())
-            .map(|b| b.label.as_str())
+    /// Whether this request has tried `backend` already.
+    pub fn has_tried(&self, backend: &BackendState) -> bool {
+        self.tried.iter().any(|b| b.addr == backend.addr)
     }
 
     /// Whether the current attempt got a response header.

@@ -176,9 +176,8 @@ impl ProxyHttp for Tollgate {
             session.req_header(),
             ctx.request.client_ip,
         );
-        let tried = &ctx.upstream.tried;
-        let Some((backend, admitted)) = group.select(&key, now, |b| !tried.contains(&b.addr))
-        else {
+        let attempts = &ctx.upstream;
+        let Some((backend, admitted)) = group.select(&key, now, |b| !attempts.has_tried(b)) else {
             return Err(Error::explain(
                 HTTPStatus(503),
                 format!("upstream {}: no available backend left to try", group.name),
@@ -418,12 +417,10 @@ impl ProxyHttp for Tollgate {
                 path: req.uri.path(),
                 route: ctx.route.as_ref().map(|r| r.name.as_str()),
                 upstream: ctx.route.as_ref().map(|r| r.group.name.as_str()),
-                backend: ctx.upstream.last_backend(),
                 status,
                 bytes: session.body_bytes_sent(),
                 latency,
                 upstream_latency: ctx.upstream.latency(),
-                attempts: ctx.upstream.tried.len(),
                 tried: &ctx.upstream.tried,
             };
             self.access_log.write(&line);
@@ -472,7 +469,7 @@ impl Tollgate {
         let untried = group
             .backends()
             .iter()
-            .filter(|b| !ctx.upstream.tried.contains(&b.addr))
+            .filter(|b| !ctx.upstream.has_tried(b))
             .count();
         let policy = &route.retries;
         if !retry::attempt_left(

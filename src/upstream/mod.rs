@@ -33,17 +33,22 @@ pub struct BackendState {
     /// `ip:port`, used in logs, metrics and the admin API.
     pub label: String,
     in_flight: AtomicU64,
+    /// Pingora's health verdict on this backend as of its group's last check round, copied
+    /// here so that a pick reads one flag instead of hashing the backend into Pingora's map
+    /// (~650 instructions per request, bench/results/cg-ready.md).
+    healthy: AtomicBool,
     /// This backend's metric series, kept for the request path.
     pub series: BackendSeries,
 }
 
 impl BackendState {
-    fn new(index: usize, addr: SocketAddr) -> Self {
+    pub fn new(index: usize, addr: SocketAddr) -> Self {
         BackendState {
             index,
             addr,
             label: addr.to_string(),
             in_flight: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
             series: BackendSeries::default(),
         }
     }
@@ -161,7 +166,7 @@ impl Group {
                 None => GroupBreakers::new(keys, policy),
             }
         });
-        Group {
+        let group = Group {
             name: name.to_string(),
             breakers,
             health,
@@ -175,7 +180,9 @@ impl Group {
             check_running: AtomicBool::new(false),
             transitions: std::sync::OnceLock::new(),
             series: GroupSeries::default(),
-        }
+        };
+        group.copy_health_verdicts();
+        group
     }
 
     /// The key consistent hashing uses, if this group hashes.
@@ -195,8 +202,8 @@ impl Group {
         now: Instant,
         accept: impl Fn(&BackendState) -> bool,
     ) -> Option<(Arc<BackendState>, Admitted)> {
-        self.selector.find(key, |backend, state| {
-            if !self.ready(backend) || !accept(state) {
+        self.selector.find(key, |state| {
+            if !state.healthy.load(Ordering::Relaxed) || !accept(state) {
                 return None;
             }
             let Some(breakers) = &self.breakers else {
@@ -281,20 +288,25 @@ impl Group {
 
     /// Whether health checks currently let `backend` take traffic.
     pub fn is_healthy(&self, backend: &BackendState) -> bool {
-        self.members
-            .get(backend.index)
-            .is_some_and(|m| self.ready(m))
+        backend.healthy.load(Ordering::Relaxed)
     }
 
-    /// Pingora's verdict on `member`. Without health checks every backend is healthy, and
-    /// Pingora's hashed lookup (~670 instructions per pick, bench/results/analysis.md) is skipped.
-    fn ready(&self, member: &Backend) -> bool {
-        self.health.is_none() || self.view.ready(member)
-    }
-
-    /// Runs one round of this group's health checks (every backend at once).
+    /// Runs one round of this group's health checks (every backend at once), then publishes
+    /// the verdicts to the request path.
     pub(super) async fn run_health_check(&self) {
         self.view.run_health_check(true).await;
+        self.copy_health_verdicts();
+    }
+
+    /// Copies Pingora's verdicts into the backends' flags: after each check round, and when
+    /// the group is built (a group that shares its predecessor's registry starts from its
+    /// verdicts). A round the replaced group finishes after a reload reaches this group's
+    /// flags with this group's next round. Without health checks every backend is healthy.
+    fn copy_health_verdicts(&self) {
+        for (member, state) in self.members.iter().zip(&self.backends) {
+            let healthy = self.health.is_none() || self.view.ready(member);
+            state.healthy.store(healthy, Ordering::Relaxed);
+        }
     }
 }
 

@@ -42,12 +42,12 @@ impl Selector {
         }
     }
 
-    /// The first `pick(backend, state)` that is `Some`, trying backends in the algorithm's
+    /// The first `pick(state)` that is `Some`, trying backends in the algorithm's
     /// order for `key`, each at most once, for at most [`MAX_ITERATIONS`] steps.
     pub fn find<T>(
         &self,
         key: &[u8],
-        pick: impl FnMut(&Backend, &Arc<BackendState>) -> Option<T>,
+        pick: impl FnMut(&Arc<BackendState>) -> Option<T>,
     ) -> Option<T> {
         match self {
             Selector::RoundRobin(s) => walk(s.iter(key), pick),
@@ -60,7 +60,7 @@ impl Selector {
 
 fn walk<T>(
     mut order: impl BackendIter,
-    mut pick: impl FnMut(&Backend, &Arc<BackendState>) -> Option<T>,
+    mut pick: impl FnMut(&Arc<BackendState>) -> Option<T>,
 ) -> Option<T> {
     let mut tried = Tried::default();
     for _ in 0..MAX_ITERATIONS {
@@ -71,7 +71,7 @@ fn walk<T>(
         if tried.contains(state.index) {
             continue;
         }
-        if let Some(found) = pick(backend, state) {
+        if let Some(found) = pick(state) {
             return Some(found);
         }
         tried.insert(state.index);
@@ -192,7 +192,7 @@ mod tests {
         ] {
             let selector = Selector::build(&selection, &backends);
             let mut offered = Vec::new();
-            let none: Option<()> = selector.find(b"key", |_, s| {
+            let none: Option<()> = selector.find(b"key", |s| {
                 offered.push(s.index);
                 None
             });
@@ -200,7 +200,7 @@ mod tests {
             offered.sort_unstable();
             assert_eq!(offered, [0, 1, 2], "{selection:?}");
 
-            let taken = selector.find(b"key", |_, s| (s.index == 2).then_some(s.index));
+            let taken = selector.find(b"key", |s| (s.index == 2).then_some(s.index));
             assert_eq!(taken, Some(2), "{selection:?}");
         }
     }

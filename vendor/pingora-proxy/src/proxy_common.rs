@@ -13,7 +13,9 @@
 // limitations under the License.
 
 use http::header::{self, HeaderName};
-use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_core::protocols::http::authority::{
+    raw_target_authority, validate_request_authority, RawTargetAuthority,
+};
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
 use pingora_http::RequestHeader;
@@ -265,6 +267,47 @@ pub(crate) fn set_h1_host_from_authority_if_absent(req: &mut RequestHeader) -> R
         .map_or("", |authority| authority.as_str())
         .to_owned();
     req.insert_header(header::HOST, host)
+}
+
+/// The standard policy's last word on an H1 upstream request's authority, after the request
+/// filters: reconcile `Host` with the target ([`reconcile_upstream_authority`]), restore a
+/// `Host` a filter deleted from a request that had one or whose target has an authority (not
+/// adding an empty one to Host-less HTTP/1.0 origin-form), and validate the result.
+///
+/// Tollgate patch (vendor/README.md): an origin-form target (`/path`, the common case) carries
+/// no authority to reconcile, so its steps come down to one look at `Host`, with the same
+/// outcome and errors as the three steps in full, which look it up four times.
+pub(crate) fn finish_h1_upstream_authority(
+    req: &mut RequestHeader,
+    downstream_had_host: bool,
+) -> Result<()> {
+    if req.uri.authority().is_none() && req.raw_path().first() == Some(&b'/') {
+        let mut hosts = req.headers.get_all(header::HOST).iter();
+        return match (hosts.next(), hosts.next()) {
+            (Some(host), _) if host.as_bytes().contains(&b'@') => {
+                Error::e_explain(InvalidHTTPHeader, "userinfo in Host header")
+            }
+            (Some(_), Some(_)) => {
+                Error::e_explain(InvalidHTTPHeader, "multiple Host header fields")
+            }
+            (Some(_), None) => Ok(()),
+            (None, _) if downstream_had_host => req.insert_header(header::HOST, ""),
+            (None, _) => Ok(()),
+        };
+    }
+    finish_h1_upstream_authority_in_full(req, downstream_had_host)
+}
+
+fn finish_h1_upstream_authority_in_full(
+    req: &mut RequestHeader,
+    downstream_had_host: bool,
+) -> Result<()> {
+    reconcile_upstream_authority(req)?;
+    let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+    if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
+        set_h1_host_from_authority(req)?;
+    }
+    validate_request_authority(req)
 }
 
 /// Apply a filter-selected `Host` to the outbound authority.
@@ -579,6 +622,50 @@ mod tests {
                 .unwrap();
         }
         request
+    }
+
+    /// For origin-form targets, the one-lookup path ends where the three steps in full do:
+    /// the same `Host` headers after, or an error for the same requests.
+    #[test]
+    fn origin_form_authority_is_finished_as_the_full_steps_finish_it() {
+        let cases: &[(&[&str], bool)] = &[
+            (&[], false),
+            (&[], true),
+            (&["client.example"], true),
+            (&["client.example", "other.example"], true),
+            (&["user@client.example"], true),
+            (&["user@client.example", "other.example"], true),
+            (&["client.example", "user@other.example"], true),
+            (&[""], false),
+        ];
+        for method in ["GET", "CONNECT"] {
+            for version in [http::Version::HTTP_10, http::Version::HTTP_11] {
+                for &(hosts, had_host) in cases {
+                    let mut quick = RequestHeader::build(method, b"/a?b", None).unwrap();
+                    quick.set_version(version);
+                    for host in hosts {
+                        quick.append_header(header::HOST, *host).unwrap();
+                    }
+                    let mut full = quick.clone();
+                    let quick_result = finish_h1_upstream_authority(&mut quick, had_host);
+                    let full_result = finish_h1_upstream_authority_in_full(&mut full, had_host);
+                    let case = format!("{method} {version:?} {hosts:?} {had_host}");
+                    match (quick_result, full_result) {
+                        (Ok(()), Ok(())) => {}
+                        (Err(q), Err(f)) => assert_eq!(q.to_string(), f.to_string(), "{case}"),
+                        (q, f) => panic!("{case}: {q:?} vs {f:?}"),
+                    }
+                    let values = |r: &RequestHeader| {
+                        r.headers
+                            .get_all(header::HOST)
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(values(&quick), values(&full), "{case}");
+                }
+            }
+        }
     }
 
     #[test]
