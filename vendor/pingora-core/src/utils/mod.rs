@@ -16,6 +16,7 @@
 //! certificates.
 
 pub mod clock;
+pub mod timer;
 #[cfg(feature = "any_tls")]
 pub mod tls;
 

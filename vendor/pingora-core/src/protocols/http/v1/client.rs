@@ -19,7 +19,6 @@ use http::{header, header::AsHeaderName, HeaderValue, StatusCode, Version};
 use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
-use pingora_timeout::timeout;
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
 use std::str;
@@ -27,9 +26,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
+// Tollgate patch 17 (vendor/README.md): reads and writes that wait take a spare timer.
 use super::common::*;
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
+use crate::utils::timer::timeout;
 use crate::utils::{BufRef, KVRef};
 
 /// The HTTP 1.x client session
