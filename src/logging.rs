@@ -50,10 +50,11 @@ pub fn init(cfg: &Logging) -> std::io::Result<()> {
 pub struct AccessLine<'a> {
     pub request_id: &'a str,
     pub client_ip: IpAddr,
-    pub method: &'a str,
+    /// A method is a token (RFC 9110 section 9.1), so it is written as it is.
+    pub method: &'a http::Method,
     pub path: &'a str,
-    pub route: Option<&'a str>,
-    pub upstream: Option<&'a str>,
+    pub route: Option<&'a JsonString>,
+    pub upstream: Option<&'a JsonString>,
     pub status: u16,
     pub bytes: usize,
     /// Written as `latency_ms`, in milliseconds with microsecond precision.
@@ -76,15 +77,16 @@ impl AccessLine<'_> {
         json_str(buf, self.request_id);
         buf.extend_from_slice(b",\"client_ip\":\"");
         write_ip(buf, self.client_ip);
-        let strings = [
-            (&b"\",\"method\":"[..], Some(self.method)),
-            (b",\"path\":", Some(self.path)),
-            (b",\"route\":", self.route),
+        buf.extend_from_slice(b"\",\"method\":\"");
+        buf.extend_from_slice(self.method.as_str().as_bytes());
+        buf.extend_from_slice(b"\",\"path\":");
+        json_str(buf, self.path);
+        for (key, value) in [
+            (&b",\"route\":"[..], self.route),
             (b",\"upstream\":", self.upstream),
-        ];
-        for (key, value) in strings {
+        ] {
             buf.extend_from_slice(key);
-            json_opt_str(buf, value);
+            buf.extend_from_slice(value.map_or(&b"null"[..], |v| &v.0));
         }
         // A label is a socket address as `Display` writes it: nothing in it to escape.
         let label = |buf: &mut Vec<u8>, backend: &BackendState| {
@@ -200,13 +202,6 @@ fn json_ms(buf: &mut Vec<u8>, d: Duration) {
     ]);
 }
 
-fn json_opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => json_str(buf, s),
-        None => buf.extend_from_slice(b"null"),
-    }
-}
-
 /// A JSON string: quotes, backslashes and control characters escaped, the rest as is. Eight
 /// bytes are checked at a time, so a string with nothing to escape is copied in one go.
 fn json_str(buf: &mut Vec<u8>, s: &str) {
@@ -267,6 +262,19 @@ fn escape_byte(buf: &mut Vec<u8>, b: u8) {
             HEX[usize::from(b >> 4)],
             HEX[usize::from(b & 0xf)],
         ]),
+    }
+}
+
+/// A string as a JSON value, quoted and escaped once: for a name every access line repeats (a
+/// route's, an upstream group's), made with it.
+#[derive(Debug, Clone)]
+pub struct JsonString(Box<[u8]>);
+
+impl JsonString {
+    pub fn new(s: &str) -> Self {
+        let mut buf = Vec::with_capacity(s.len() + 2);
+        json_str(&mut buf, s);
+        JsonString(buf.into_boxed_slice())
     }
 }
 
@@ -353,12 +361,14 @@ mod tests {
     use super::*;
 
     fn line<'a>(path: &'a str, tried: &'a [Arc<BackendState>]) -> AccessLine<'a> {
+        static ROUTE: std::sync::LazyLock<JsonString> =
+            std::sync::LazyLock::new(|| JsonString::new("w\"e\\b\n"));
         AccessLine {
             request_id: "id-1",
             client_ip: IpAddr::from([192, 0, 2, 7]),
-            method: "GET",
+            method: &http::Method::GET,
             path,
-            route: Some("web"),
+            route: Some(&ROUTE),
             upstream: None,
             status: 200,
             bytes: 64,
@@ -392,7 +402,8 @@ mod tests {
         assert_eq!(v["path"], nasty);
         assert_eq!(v["request_id"], "id-1");
         assert_eq!(v["client_ip"], "192.0.2.7");
-        assert_eq!(v["route"], "web");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["route"], "w\"e\\b\n");
         assert!(v["upstream"].is_null());
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 64);

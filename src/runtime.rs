@@ -5,6 +5,7 @@
 //! every upstream group whose config did not change, so health state carries over.
 
 use crate::config::{Auth, Config, KeySource, RetryPolicy, RouteConfig};
+use crate::logging::JsonString;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::proxy::forwarding::TrustedProxies;
 use crate::proxy::gate::RouteLimit;
@@ -19,6 +20,8 @@ use std::sync::Arc;
 /// A route as the request path uses it.
 pub struct Route {
     pub name: String,
+    /// `name` as the access log writes it.
+    pub log_name: JsonString,
     pub prefix: String,
     pub strip_prefix: bool,
     pub group: Arc<Group>,
@@ -155,6 +158,7 @@ fn route_spec(
         prefix: r.prefix.clone(),
         value: Arc::new(Route {
             name: r.name.clone(),
+            log_name: JsonString::new(&r.name),
             prefix: r.prefix.clone(),
             strip_prefix: r.strip_prefix,
             group,

@@ -369,13 +369,14 @@ fn bench_request_path(c: &mut Criterion) {
         0,
         SocketAddr::from(([127, 0, 0, 1], 18081)),
     ))];
+    let web = tollgate::logging::JsonString::new("web");
     let line = tollgate::logging::AccessLine {
         request_id: "0123456789abcdef0123456789abcdef",
         client_ip: loopback,
-        method: "GET",
+        method: &http::Method::GET,
         path: "/",
-        route: Some("web"),
-        upstream: Some("web"),
+        route: Some(&web),
+        upstream: Some(&web),
         status: 200,
         bytes: 64,
         latency: Duration::from_micros(412),

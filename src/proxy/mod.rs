@@ -413,10 +413,10 @@ impl ProxyHttp for Tollgate {
             let line = AccessLine {
                 request_id: ctx.request.id.as_str(),
                 client_ip: ctx.request.client_ip,
-                method: req.method.as_str(),
+                method: &req.method,
                 path: req.uri.path(),
-                route: ctx.route.as_ref().map(|r| r.name.as_str()),
-                upstream: ctx.route.as_ref().map(|r| r.group.name.as_str()),
+                route: ctx.route.as_ref().map(|r| &r.log_name),
+                upstream: ctx.route.as_ref().map(|r| &r.group.log_name),
                 status,
                 bytes: session.body_bytes_sent(),
                 latency,

@@ -12,6 +12,7 @@ pub mod selection;
 
 use crate::breaker::{Admission, GroupBreakers, ProbePermit, State, Transition};
 use crate::config::{HashKey, HeaderCase, Selection, UpstreamConfig};
+use crate::logging::JsonString;
 use crate::metrics::{BackendSeries, GroupSeries};
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
@@ -84,6 +85,8 @@ impl Drop for InFlight {
 /// One named group of backends.
 pub struct Group {
     pub name: String,
+    /// `name` as the access log writes it.
+    pub log_name: JsonString,
     pub config: UpstreamConfig,
     selector: Selector,
     backends: Vec<Arc<BackendState>>,
@@ -168,6 +171,7 @@ impl Group {
         });
         let group = Group {
             name: name.to_string(),
+            log_name: JsonString::new(name),
             breakers,
             health,
             config: config.clone(),

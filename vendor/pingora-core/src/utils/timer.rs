@@ -111,7 +111,10 @@ impl Drop for Lent {
         let Some(runtime) = current_runtime() else {
             return;
         };
-        SPARE.with_borrow_mut(|spare| {
+        // `try_with`: a wait dropped while the thread's locals are being destroyed just
+        // drops its timer.
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
             if spare.runtime == Some(runtime) && spare.timers.len() < MAX_SPARE {
                 spare.timers.push(sleep);
             }
