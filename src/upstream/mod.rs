@@ -36,7 +36,7 @@ pub struct BackendState {
     in_flight: AtomicU64,
     /// Pingora's health verdict on this backend as of its group's last check round, copied
     /// here so that a pick reads one flag instead of hashing the backend into Pingora's map
-    /// (~650 instructions per request, bench/results/cg-ready.md).
+    /// (~740-920 instructions per request, bench/results/cg-ready.md).
     healthy: AtomicBool,
     /// This backend's metric series, kept for the request path.
     pub series: BackendSeries,
