@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: Tollgate against bare Pingora,
 # nginx, HAProxy (and any --variant), per scenario. Instruction counts are repeatable for the
-# same binary and input whatever else the machine is doing, so an A/B of a hot-path change can be judged here
-# when the machine is too noisy for CPU time (bench/compare.sh). Written to
+# same binary and input whatever else the machine is doing, so an A/B of a hot-path change can
+# be judged here when the machine is too noisy for CPU time (bench/compare.sh). Written to
 # bench/results/callgrind.md (or --out NAME), with the functions of Tollgate's own code and
 # Pingora's that cost the most instructions per request, inclusive.
 #

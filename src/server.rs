@@ -327,10 +327,11 @@ fn server_conf(config: &Config) -> ServerConf {
         pid_file: s.pid_file.display().to_string(),
         upgrade_sock: s.upgrade_sock.display().to_string(),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
-        // Timeouts of a second or more (the upstream read, write and idle timeouts, unless
-        // configured below a second) on tokio's timer wheel rather than Pingora's "fast"
-        // timer: its BTreeMap, two Arcs and `Notify` per armed read cost ~1,600 more
-        // instructions per proxied request (cg-hotpath.md).
+        // Pingora's timeouts on tokio's timer wheel rather than its "fast" timer, whose
+        // BTreeMap, two Arcs and `Notify` per armed wait cost ~1,600 more instructions per
+        // proxied request (cg-hotpath.md). HTTP/1 reads and writes and TLS handshakes no
+        // longer use either (pingora-core patch 17: spare timers); this covers the rest
+        // (connecting upstream, HTTP/2).
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     }

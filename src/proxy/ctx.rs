@@ -94,9 +94,9 @@ impl RequestMeta {
 /// The backends this request tried, and the one it is on now.
 #[derive(Default)]
 pub struct Attempts {
-    /// Backends tried so far, in order, the current or last attempt's last; a retry never
-    /// picks one of these again. Two fit inline (a request and its first retry), so a request
-    /// allocates nothing for them.
+    /// Backends tried so far, in order (the last is the current attempt's, or the last
+    /// attempt's); a retry never picks one of these again. Two fit inline (a request and its
+    /// first retry), so a request allocates nothing for them.
     pub tried: SmallVec<[Arc<BackendState>; 2]>,
     current: Option<InFlight>,
     /// The breaker's decision for the current attempt, until its result is reported.

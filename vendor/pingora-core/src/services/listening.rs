@@ -31,12 +31,13 @@ use crate::server::ListenFds;
 use crate::server::{RuntimeOpts, ShutdownWatch};
 use crate::services::Service as ServiceTrait;
 use crate::utils::clock;
+// Tollgate patch 17 (vendor/README.md): a TLS handshake that waits takes a spare timer.
+use crate::utils::timer::timeout;
 
 use async_trait::async_trait;
 use log::{debug, error, info};
 use pingora_error::Result;
 use pingora_runtime::current_handle;
-use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
 use std::time::Duration;

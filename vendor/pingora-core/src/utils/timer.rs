@@ -14,9 +14,10 @@
 
 //! Timeouts on reused timers (Tollgate patch, vendor/README.md).
 //!
-//! An upstream read that waits (every response header does) armed a timer of its own: a tokio
-//! `Sleep` made, boxed, put in the timer wheel under its lock, taken out again under the lock
-//! when the read finished, and freed; and the clock read for its deadline. [`timeout`] takes a
+//! An HTTP/1 read or write that waits (every upstream response header does), and a TLS
+//! handshake, armed a timer of its own: a tokio `Sleep` made, boxed, put in the timer wheel
+//! under its lock, taken out again under the lock when the wait ended, and freed; and the clock
+//! read for its deadline. [`timeout`] takes a
 //! timer a finished wait on this thread left behind instead, and moves its deadline later, which
 //! tokio does without the wheel's lock while the timer is still armed: the wheel sees the new
 //! deadline when the old one comes round. The deadline is counted from this poll's reading of

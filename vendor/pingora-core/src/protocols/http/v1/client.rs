@@ -26,10 +26,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
-// Tollgate patch 17 (vendor/README.md): reads and writes that wait take a spare timer.
 use super::common::*;
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
+// Tollgate patch 17 (vendor/README.md): reads and writes that wait take a spare timer.
 use crate::utils::timer::timeout;
 use crate::utils::{BufRef, KVRef};
 
