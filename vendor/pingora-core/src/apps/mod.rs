@@ -31,8 +31,8 @@ use pingora_timeout::timeout;
 use crate::protocols::http::v2::server;
 use crate::protocols::http::{ReusableHttpStream, ServerSession};
 use crate::protocols::Digest;
-use crate::protocols::Stream;
 use crate::protocols::ALPN;
+use crate::protocols::{KeptStream, Stream};
 use crate::utils::clock;
 
 // https://datatracker.ietf.org/doc/html/rfc9113#section-3.4
@@ -267,14 +267,14 @@ async fn next_request_start(
 
 #[derive(Debug)]
 pub struct ReusedHttpStream {
-    stream: Stream,
+    stream: KeptStream,
     persistent_settings: Option<HttpPersistentSettings>,
 }
 
 impl ReusedHttpStream {
     pub fn new(stream: Stream, persistent_settings: Option<HttpPersistentSettings>) -> Self {
         ReusedHttpStream {
-            stream,
+            stream: stream.into(),
             persistent_settings,
         }
     }
@@ -285,14 +285,23 @@ impl ReusedHttpStream {
         reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
-        let (stream, pipelined_prefix) = reusable.into_parts();
+        let (stream, pipelined_prefix) = reusable.into_kept_parts();
         if let Some(prefix) = pipelined_prefix {
             persistent_settings.set_pipelined_prefix(prefix);
         }
-        Self::new(stream, Some(persistent_settings))
+        ReusedHttpStream {
+            stream,
+            persistent_settings: Some(persistent_settings),
+        }
     }
 
     pub fn consume(self) -> (Stream, Option<HttpPersistentSettings>) {
+        (self.stream.stream, self.persistent_settings)
+    }
+
+    /// [`Self::consume`], keeping the stream's digest for the next session. (Tollgate patch
+    /// 18, see vendor/README.md.)
+    fn consume_kept(self) -> (KeptStream, Option<HttpPersistentSettings>) {
         (self.stream, self.persistent_settings)
     }
 }
@@ -454,18 +463,18 @@ where
             session.set_preserve_header_case(preserve_case);
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut kept, persistent_settings)) = result.map(|r| r.consume_kept()) {
                 // Tollgate patch 2 (vendor/README.md): an idle kept-alive connection holds only
                 // its stream until the next request starts, not a session and the app's
                 // request future.
                 let request_start = match persistent_settings.as_ref() {
                     Some(settings) if !settings.has_pipelined_prefix() => Some(
-                        next_request_start(&mut stream, settings.keepalive_timeout, shutdown)
+                        next_request_start(&mut kept.stream, settings.keepalive_timeout, shutdown)
                             .await?,
                     ),
                     _ => None,
                 };
-                let mut session = ServerSession::new_http1(stream);
+                let mut session = ServerSession::new_http1_kept(kept);
                 session.set_preserve_header_case(preserve_case);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);

@@ -11,7 +11,7 @@
 //! streams whose idle timeout passed or whose peer closed them or sent data. The pool holds at
 //! most `capacity` streams; releasing one more closes the least recently released.
 
-use crate::protocols::Stream;
+use crate::protocols::{KeptStream, Stream};
 use crate::utils::clock;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 /// How often the sweeper looks at the idle streams.
 pub(crate) const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
-/// A stream waiting in the pool.
+/// A stream waiting in the pool, with its HTTP session's digest (Tollgate patch 18).
 pub(crate) struct Idle {
-    pub(crate) stream: Stream,
+    pub(crate) kept: KeptStream,
     since: Instant,
     expires: Option<Instant>,
 }
@@ -93,11 +93,11 @@ impl IdlePool {
     }
 
     /// Keep `stream` under `key` for reuse until `idle_timeout` passes.
-    pub(crate) fn put(&self, key: u64, stream: Stream, idle_timeout: Option<Duration>) -> Put {
+    pub(crate) fn put(&self, key: u64, kept: KeptStream, idle_timeout: Option<Duration>) -> Put {
         // The poll's reading (Tollgate patch): a release follows the response in one poll.
         let since = clock::now();
         let idle = Idle {
-            stream,
+            kept,
             since,
             expires: idle_timeout.and_then(|t| since.checked_add(t)),
         };
@@ -125,13 +125,13 @@ impl IdlePool {
 
     /// The most recently released stream under `key` that has not outlived its idle timeout.
     /// Expired streams met on the way are closed (outside the lock).
-    pub(crate) fn take(&self, key: u64) -> Option<Stream> {
+    pub(crate) fn take(&self, key: u64) -> Option<KeptStream> {
         // The poll's reading (Tollgate patch): a take follows the request in one poll.
         let now = clock::now();
         loop {
             let idle = self.state.lock().pop_newest(key)?;
             if !idle.expired(now) {
-                return Some(idle.stream);
+                return Some(idle.kept);
             }
         }
     }
@@ -144,7 +144,7 @@ impl IdlePool {
         state.groups.retain(|_, list| {
             let mut kept = VecDeque::with_capacity(list.len());
             for mut idle in list.drain(..) {
-                if !idle.expired(now) && is_live(&mut idle.stream) {
+                if !idle.expired(now) && is_live(&mut idle.kept.stream) {
                     kept.push_back(idle);
                 } else {
                     closed.push(idle);
@@ -229,11 +229,11 @@ mod tests {
         let pool = IdlePool::new(8);
         let (a, b, c) = (stream().await, stream().await, stream().await);
         let (id_a, id_b) = (a.id(), b.id());
-        pool.put(1, a, None);
-        pool.put(1, b, None);
-        pool.put(2, c, None);
-        assert_eq!(pool.take(1).unwrap().id(), id_b);
-        assert_eq!(pool.take(1).unwrap().id(), id_a);
+        pool.put(1, a.into(), None);
+        pool.put(1, b.into(), None);
+        pool.put(2, c.into(), None);
+        assert_eq!(pool.take(1).unwrap().stream.id(), id_b);
+        assert_eq!(pool.take(1).unwrap().stream.id(), id_a);
         assert!(pool.take(1).is_none());
         assert_eq!(pool.len(), 1);
     }
@@ -241,7 +241,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_stream_is_never_handed_out() {
         let pool = IdlePool::new(8);
-        pool.put(1, stream().await, Some(Duration::ZERO));
+        pool.put(1, stream().await.into(), Some(Duration::ZERO));
         assert!(pool.take(1).is_none());
         assert_eq!(pool.len(), 0);
     }
@@ -251,14 +251,14 @@ mod tests {
         let pool = IdlePool::new(2);
         let (a, b, c) = (stream().await, stream().await, stream().await);
         let id_a = a.id();
-        assert!(pool.put(1, a, None).evicted.is_none());
-        assert!(pool.put(2, b, None).evicted.is_none());
-        let put = pool.put(2, c, None);
-        assert_eq!(put.evicted.unwrap().stream.id(), id_a);
+        assert!(pool.put(1, a.into(), None).evicted.is_none());
+        assert!(pool.put(2, b.into(), None).evicted.is_none());
+        let put = pool.put(2, c.into(), None);
+        assert_eq!(put.evicted.unwrap().kept.stream.id(), id_a);
         assert!(!put.start_sweeper, "the first put started the sweeper");
         assert_eq!(pool.len(), 2);
         assert!(IdlePool::new(0)
-            .put(1, stream().await, None)
+            .put(1, stream().await.into(), None)
             .evicted
             .is_some());
     }
@@ -268,12 +268,12 @@ mod tests {
         let pool = IdlePool::new(8);
         let (live, dead) = (stream().await, stream().await);
         let dead_id = dead.id();
-        pool.put(1, live, None);
-        pool.put(1, dead, None);
-        pool.put(2, stream().await, Some(Duration::ZERO));
+        pool.put(1, live.into(), None);
+        pool.put(1, dead.into(), None);
+        pool.put(2, stream().await.into(), Some(Duration::ZERO));
         assert!(pool.sweep(Instant::now(), |s| s.id() != dead_id));
         assert_eq!(pool.len(), 1);
         assert!(!pool.sweep(Instant::now(), |_| false));
-        assert!(pool.put(1, stream().await, None).start_sweeper);
+        assert!(pool.put(1, stream().await.into(), None).start_sweeper);
     }
 }

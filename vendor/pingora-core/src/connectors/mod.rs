@@ -24,7 +24,7 @@ mod tls;
 use crate::tls::connectors as tls;
 
 use crate::protocols::l4::ext::attach_connect_local_addr;
-use crate::protocols::{GetSocketDigest, Stream};
+use crate::protocols::{GetSocketDigest, KeptStream, Stream};
 use crate::server::configuration::ServerConf;
 use crate::upstreams::peer::{Peer, ALPN};
 
@@ -256,18 +256,19 @@ impl TransportConnector {
     /// recorded at connect time, rather than with a `getpeername` per reuse.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
         self.take_reusable(peer, peer.reuse_hash())
+            .map(|kept| kept.stream)
     }
 
-    /// [`Self::reused_stream`] for a pool key already computed, without a future. (Tollgate
-    /// patch, see vendor/README.md.)
-    pub(crate) fn take_reusable<P: Peer>(&self, peer: &P, key: u64) -> Option<Stream> {
-        while let Some(mut stream) = self.connection_pool.take(key) {
+    /// [`Self::reused_stream`] for a pool key already computed, without a future, with the
+    /// digest its last HTTP session made. (Tollgate patches, see vendor/README.md.)
+    pub(crate) fn take_reusable<P: Peer>(&self, peer: &P, key: u64) -> Option<KeptStream> {
+        while let Some(mut kept) = self.connection_pool.take(key) {
             // test_reusable_stream: we assume server would never actively send data
             // first on an idle stream.
-            if stream_matches_peer(&stream, peer)
-                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+            if stream_matches_peer(&kept.stream, peer)
+                && test_reusable_stream(&mut kept.stream, &self.unexpected_data_conn_count)
             {
-                return Some(stream);
+                return Some(kept);
             }
         }
         debug!("No reusable connection found for {peer}");
@@ -293,8 +294,14 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
+        self.release_kept(stream.into(), key, idle_timeout)
+    }
+
+    /// [`Self::release_stream`] with the digest of the HTTP session that gave the stream back.
+    /// (Tollgate patch 18, see vendor/README.md.)
+    pub(crate) fn release_kept(&self, kept: KeptStream, key: u64, idle_timeout: Option<Duration>) {
         debug!("Try to keepalive client session");
-        let put = self.connection_pool.put(key, stream, idle_timeout);
+        let put = self.connection_pool.put(key, kept, idle_timeout);
         if let Some(evicted) = put.evicted {
             if let Some(callback) = &self.keepalive_pool_callback {
                 callback(evicted.idle_for());
@@ -320,7 +327,8 @@ impl TransportConnector {
         &self,
         peer: &P,
     ) -> Result<(Stream, bool)> {
-        self.get_stream_keyed(peer, peer.reuse_hash()).await
+        let (kept, reused) = self.get_stream_keyed(peer, peer.reuse_hash()).await?;
+        Ok((kept.stream, reused))
     }
 
     /// [`Self::get_stream`] for a pool key already computed. (Tollgate patch, see
@@ -329,12 +337,12 @@ impl TransportConnector {
         &self,
         peer: &P,
         key: u64,
-    ) -> Result<(Stream, bool)> {
+    ) -> Result<(KeptStream, bool)> {
         if let Some(s) = self.take_reusable(peer, key) {
             Ok((s, true))
         } else {
             let s = self.new_stream(peer).await?;
-            Ok((s, false))
+            Ok((s.into(), false))
         }
     }
 

@@ -135,6 +135,42 @@ where
 /// The type of any established transport layer connection
 pub type Stream = Box<dyn IO>;
 
+/// Tollgate patch 18 (vendor/README.md): a stream an HTTP/1 session gave back for reuse, with
+/// the [`Digest`] that session made of it. A digest describes the connection (its TLS, the
+/// timing of its handshakes, its socket), not a request, so the next session on the stream
+/// takes it as it is instead of building it again: Pingora's "TODO: maybe we should put
+/// digest in the connection itself", for a kept-alive connection and a pooled upstream one.
+#[derive(Debug)]
+pub(crate) struct KeptStream {
+    pub(crate) stream: Stream,
+    /// `None` for a stream no session has digested yet.
+    pub(crate) digest: Option<Box<Digest>>,
+}
+
+impl KeptStream {
+    /// The stream and its digest, made now if no session has made it yet.
+    pub(crate) fn into_parts(self) -> (Stream, Box<Digest>) {
+        let digest = self.digest.unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: self.stream.get_ssl_digest(),
+                timing_digest: self.stream.get_timing_digest(),
+                proxy_digest: self.stream.get_proxy_digest(),
+                socket_digest: self.stream.get_socket_digest(),
+            })
+        });
+        (self.stream, digest)
+    }
+}
+
+impl From<Stream> for KeptStream {
+    fn from(stream: Stream) -> Self {
+        KeptStream {
+            stream,
+            digest: None,
+        }
+    }
+}
+
 // Implement IO trait for 3rd party types, mostly for testing
 mod ext_io_impl {
     use super::*;

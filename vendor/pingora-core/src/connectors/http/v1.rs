@@ -14,7 +14,7 @@
 
 use crate::connectors::{ConnectorOptions, TransportConnector};
 use crate::protocols::http::v1::client::HttpSession;
-use crate::protocols::Stream;
+use crate::protocols::KeptStream;
 use crate::upstreams::peer::Peer;
 
 use pingora_error::Result;
@@ -68,10 +68,10 @@ impl Connector {
 
     /// Tollgate patch (vendor/README.md): the session remembers its pool key, so that
     /// releasing it does not hash the peer again.
-    fn session<P: Peer>(stream: Stream, peer: &P, key: u64) -> Box<HttpSession> {
+    fn session<P: Peer>(stream: KeptStream, peer: &P, key: u64) -> Box<HttpSession> {
         let mut http = Box::write(
             Box::new_uninit(),
-            HttpSession::new_with_options(stream, peer),
+            HttpSession::new_kept_with_options(stream, peer),
         );
         http.pool_key = Some(key);
         http
@@ -98,8 +98,8 @@ impl Connector {
     ) {
         session.respect_keepalive();
         let key = session.pool_key.unwrap_or_else(|| peer.reuse_hash());
-        if let Some(stream) = session.reuse_boxed().await {
-            self.transport.release_stream(stream, key, idle_timeout);
+        if let Some(kept) = session.reuse_boxed().await {
+            self.transport.release_kept(kept, key, idle_timeout);
         }
     }
 

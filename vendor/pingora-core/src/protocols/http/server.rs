@@ -21,7 +21,7 @@ use super::v1::server::HttpSession as SessionV1;
 use super::v2::server::{HttpSession as SessionV2, Idle};
 use super::HttpTask;
 use crate::custom_session;
-use crate::protocols::{Digest, SocketAddr, Stream};
+use crate::protocols::{Digest, KeptStream, SocketAddr, Stream};
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use http::{header::AsHeaderName, HeaderMap};
@@ -33,12 +33,12 @@ use std::time::Duration;
 /// A reusable HTTP/1.x stream and bytes already read for the next request.
 #[derive(Debug)]
 pub struct ReusableHttpStream {
-    stream: Stream,
+    stream: KeptStream,
     pipelined_prefix: Option<BytesMut>,
 }
 
 impl ReusableHttpStream {
-    pub(crate) fn new(stream: Stream, pipelined_prefix: Option<BytesMut>) -> Self {
+    pub(crate) fn new(stream: KeptStream, pipelined_prefix: Option<BytesMut>) -> Self {
         Self {
             stream,
             pipelined_prefix,
@@ -48,6 +48,12 @@ impl ReusableHttpStream {
     /// Split the reusable connection into its underlying stream and optional
     /// bytes already read for the next pipelined request.
     pub fn into_parts(self) -> (Stream, Option<BytesMut>) {
+        (self.stream.stream, self.pipelined_prefix)
+    }
+
+    /// [`Self::into_parts`], keeping the stream's digest for the next session. (Tollgate patch
+    /// 18, see vendor/README.md.)
+    pub(crate) fn into_kept_parts(self) -> (KeptStream, Option<BytesMut>) {
         (self.stream, self.pipelined_prefix)
     }
 }
@@ -67,7 +73,13 @@ pub enum Session {
 impl Session {
     /// Create a new [`Session`] from an established connection for HTTP/1.x
     pub fn new_http1(stream: Stream) -> Self {
-        Self::H1(Box::write(Box::new_uninit(), SessionV1::new(stream)))
+        Self::new_http1_kept(stream.into())
+    }
+
+    /// [`Self::new_http1`] on a stream an earlier session gave back, with its digest.
+    /// (Tollgate patch 18, see vendor/README.md.)
+    pub(crate) fn new_http1_kept(stream: KeptStream) -> Self {
+        Self::H1(Box::write(Box::new_uninit(), SessionV1::new_kept(stream)))
     }
 
     /// Create a new [`Session`] from an established HTTP/2 stream

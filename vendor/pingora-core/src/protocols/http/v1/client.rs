@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use crate::protocols::http::HttpTask;
-use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
+use crate::protocols::{Digest, KeptStream, SocketAddr, Stream, UniqueID, UniqueIDType};
 // Tollgate patch 17 (vendor/README.md): reads and writes that wait take a spare timer.
 use crate::utils::timer::timeout;
 use crate::utils::{BufRef, KVRef};
@@ -109,13 +109,13 @@ struct HeaderReuse {
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
     pub fn new(stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: stream.get_ssl_digest(),
-            timing_digest: stream.get_timing_digest(),
-            proxy_digest: stream.get_proxy_digest(),
-            socket_digest: stream.get_socket_digest(),
-        });
+        Self::new_kept(stream.into())
+    }
+
+    /// [`Self::new`] on a stream an earlier session gave back, with its digest. (Tollgate
+    /// patch 18, see vendor/README.md.)
+    pub(crate) fn new_kept(kept: KeptStream) -> Self {
+        let (stream, digest) = kept.into_parts();
         HttpSession {
             underlying_stream: stream,
             buf: Bytes::new(), // zero size, will be replaced by parsed header later
@@ -145,7 +145,16 @@ impl HttpSession {
 
     /// Create a new http client session and apply peer options
     pub fn new_with_options<P: crate::upstreams::peer::Peer>(stream: Stream, peer: &P) -> Self {
-        let mut session = Self::new(stream);
+        Self::new_kept_with_options(stream.into(), peer)
+    }
+
+    /// [`Self::new_with_options`] on a stream an earlier session gave back, with its digest.
+    /// (Tollgate patch 18, see vendor/README.md.)
+    pub(crate) fn new_kept_with_options<P: crate::upstreams::peer::Peer>(
+        kept: KeptStream,
+        peer: &P,
+    ) -> Self {
+        let mut session = Self::new_kept(kept);
         if let Some(options) = peer.get_peer_options() {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
@@ -763,12 +772,12 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
     pub async fn reuse(self) -> Option<Stream> {
-        Box::new(self).reuse_boxed().await
+        Box::new(self).reuse_boxed().await.map(|kept| kept.stream)
     }
 
-    /// [`Self::reuse`] for a boxed session, which it does not move out of its box. (Tollgate
-    /// patch, see vendor/README.md.)
-    pub(crate) async fn reuse_boxed(mut self: Box<Self>) -> Option<Stream> {
+    /// [`Self::reuse`] for a boxed session, which it does not move out of its box, keeping the
+    /// stream's digest for the next session. (Tollgate patches 10 and 18, see vendor/README.md.)
+    pub(crate) async fn reuse_boxed(mut self: Box<Self>) -> Option<KeptStream> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
@@ -777,7 +786,10 @@ impl HttpSession {
             self.shutdown().await;
             None
         } else {
-            Some(self.underlying_stream)
+            Some(KeptStream {
+                stream: self.underlying_stream,
+                digest: Some(self.digest),
+            })
         }
     }
 
@@ -2473,6 +2485,34 @@ hello\r\n\
         http_stream.respect_keepalive();
         assert!(http_stream.will_keepalive());
         assert!(http_stream.reuse().await.is_none());
+    }
+
+    /// Tollgate patch 18: the next session on a pooled connection takes the digest the last
+    /// one made, with whatever was written into it.
+    #[tokio::test]
+    async fn reuse_keeps_the_connection_digest_for_the_next_session() {
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut first = Box::new(HttpSession::new(Box::new(mock_io)));
+        let mark = crate::protocols::TimingDigest {
+            established_ts: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(7),
+            ..Default::default()
+        };
+        first.digest_mut().timing_digest.push(Some(mark));
+        let layers = first.digest().timing_digest.len();
+        first.read_response().await.unwrap();
+        while first.read_body_bytes().await.unwrap().is_some() {}
+        first.respect_keepalive();
+
+        let kept = first.reuse_boxed().await.expect("connection reusable");
+        let next = HttpSession::new_kept(kept);
+        let timing = &next.digest().timing_digest;
+        assert_eq!(timing.len(), layers);
+        let kept_mark = timing.last().unwrap().as_ref().unwrap();
+        assert_eq!(
+            kept_mark.established_ts,
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(7)
+        );
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ use crate::protocols::http::{
     authority::validate_request_authority, body_buffer::FixedBuffer, date, HttpTask,
     ReusableHttpStream,
 };
-use crate::protocols::{Digest, SocketAddr, Stream};
+use crate::protocols::{Digest, KeptStream, SocketAddr, Stream};
 // Tollgate patch 17 (vendor/README.md): reads and writes that wait take a spare timer.
 use crate::utils::timer::timeout;
 use crate::utils::{BufRef, KVRef};
@@ -183,14 +183,13 @@ impl HttpSession {
     /// The created session needs to call [`Self::read_request()`] first before performing
     /// any other operations.
     pub fn new(underlying_stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
-        });
+        Self::new_kept(underlying_stream.into())
+    }
 
+    /// [`Self::new`] on a stream an earlier session gave back, with its digest. (Tollgate
+    /// patch 18, see vendor/README.md.)
+    pub(crate) fn new_kept(kept: KeptStream) -> Self {
+        let (underlying_stream, digest) = kept.into_parts();
         HttpSession {
             underlying_stream,
             buf: Bytes::new(), // zero size, with be replaced by parsed header later
@@ -1524,7 +1523,10 @@ impl HttpSession {
                     .flatten()
                     .filter(|prefix| !prefix.is_empty());
                 Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
+                    KeptStream {
+                        stream: self.underlying_stream,
+                        digest: Some(self.digest),
+                    },
                     pipelined_prefix,
                 )))
             }
@@ -4178,6 +4180,40 @@ mod test_pipelining {
         let (_stream, prefix) = reused.into_parts();
         let prefix = prefix.expect("overread must be returned as pipelined prefix");
         assert_eq!(prefix.as_ref(), b"pipelined_next");
+    }
+
+    /// Tollgate patch 18: the next session on a kept-alive connection takes the digest the
+    /// last one made, with whatever was written into it.
+    #[tokio::test]
+    async fn reuse_keeps_the_connection_digest_for_the_next_session() {
+        init_log();
+        let requests = b"GET /one HTTP/1.1\r\nHost: pingora.org\r\n\r\n\
+GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let mock_io = Builder::new().read(requests).build();
+        let mut first = HttpSession::new(Box::new(mock_io));
+        first.set_pipelining_enabled(true);
+        let mark = crate::protocols::TimingDigest {
+            established_ts: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(7),
+            ..Default::default()
+        };
+        first.digest_mut().timing_digest.push(Some(mark));
+        let layers = first.digest().timing_digest.len();
+        first.read_request().await.unwrap();
+
+        let reused = first.reuse().await.unwrap().expect("connection reusable");
+        let (kept, prefix) = reused.into_kept_parts();
+        let mut next = HttpSession::new_kept(kept);
+        let timing = &next.digest().timing_digest;
+        assert_eq!(timing.len(), layers);
+        let kept_mark = timing.last().unwrap().as_ref().unwrap();
+        assert_eq!(
+            kept_mark.established_ts,
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(7)
+        );
+        next.set_pipelining_enabled(true);
+        next.set_pipelined_prefix(prefix.expect("the second request was read ahead"));
+        next.read_request().await.unwrap().expect("second request");
+        assert_eq!(next.req_header().uri.path(), "/two");
     }
 
     /// Same-read pipelining with no prior body poll still extracts the prefix.
