@@ -118,7 +118,24 @@ where
         if !upgrade_req && is_bodyless_exchange(session) {
             return self.proxy_bodyless_1to1(session, client_session, ctx).await;
         }
+        Box::pin(self.proxy_duplex_1to1(session, client_session, ctx)).await
+    }
 
+    /// [`Self::proxy_1to1`] after the request header is sent, for a request with a body or an
+    /// upgrade: the duplex loop. Tollgate patch 10 (vendor/README.md): its future (the loop's
+    /// two halves and their task pipes, ~1.7 KiB more than the bodyless exchange's) is boxed
+    /// on its own, so that the request future every request allocates does not carry it for
+    /// the bodyless requests that never run it.
+    async fn proxy_duplex_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         let mut downstream_custom_message_writer = session
             .downstream_session
             .as_custom_mut()

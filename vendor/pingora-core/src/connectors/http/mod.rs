@@ -63,7 +63,30 @@ where
     /// Get an [HttpSession] to the given server.
     ///
     /// The second return value indicates whether the session is connected via a reused stream.
+    ///
+    /// Tollgate patch 19 (vendor/README.md): an HTTP/1-only peer's pooled connection is taken
+    /// here, without a future; only a request that has to look further (connect, TLS, HTTP/2,
+    /// a custom protocol) runs the full path, in a box of its own. That path's future is
+    /// ~8.7 KiB; awaited inline, it made every proxied request's future that much bigger,
+    /// past the allocator's fast path for small sizes, though most requests never enter it.
     pub async fn get_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(HttpSession<C::Session>, bool)> {
+        // As the full path decides it: no options, or ALPN at most HTTP/1 (a custom ALPN is 0).
+        let h1_only = peer
+            .get_peer_options()
+            .is_none_or(|o| o.alpn.get_max_http_version() == 1);
+        if h1_only {
+            if let Some(h1) = self.h1.reused_boxed_http_session(peer) {
+                return Ok((HttpSession::H1(h1), true));
+            }
+        }
+        Box::pin(self.find_or_connect_http_session(peer)).await
+    }
+
+    /// [`Self::get_http_session`]'s full path: the pools in order, then a new connection.
+    async fn find_or_connect_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
     ) -> Result<(HttpSession<C::Session>, bool)> {
