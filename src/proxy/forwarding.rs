@@ -5,7 +5,7 @@
 //! an untrusted peer is ignored everywhere at once.
 
 use super::names;
-use crate::logging::write_ip;
+use crate::logging::IpText;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
@@ -69,17 +69,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// client when the peer is not trusted (its claims are dropped, not passed on).
 pub fn forwarded_for(trusted: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
     let peer = canonical(peer);
-    let mut out = Vec::with_capacity(48);
-    if trusted.contains(peer) {
-        if let Some(prev) = incoming_forwarded_for(headers) {
-            let prev = prev.trim();
-            if !prev.is_empty() {
-                out.extend_from_slice(prev.as_bytes());
-                out.extend_from_slice(b", ");
-            }
-        }
+    let prev = trusted
+        .contains(peer)
+        .then(|| incoming_forwarded_for(headers))
+        .flatten()
+        .map(str::trim)
+        .filter(|prev| !prev.is_empty());
+    let ip = IpText::new(peer);
+    // Exactly as long as the value, so that `Bytes` takes the vector over without a second
+    // allocation for its shared state.
+    let mut out = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + ip.as_bytes().len());
+    if let Some(prev) = prev {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
     }
-    write_ip(&mut out, peer);
+    out.extend_from_slice(ip.as_bytes());
     // Cannot fail: `incoming` came from a header value and an address is ASCII.
     HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(EMPTY)
 }
