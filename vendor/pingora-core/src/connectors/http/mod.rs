@@ -67,7 +67,7 @@ where
     /// Tollgate patch 19 (vendor/README.md): an HTTP/1-only peer's pooled connection is taken
     /// here, without a future; only a request that has to look further (connect, TLS, HTTP/2,
     /// a custom protocol) runs the full path, in a box of its own. That path's future is
-    /// ~8.7 KiB; awaited inline, it made every proxied request's future that much bigger,
+    /// 8,792 bytes; awaited inline, it made every proxied request's future that much bigger,
     /// past the allocator's fast path for small sizes, though most requests never enter it.
     pub async fn get_http_session<P: Peer + Send + Sync + 'static>(
         &self,
