@@ -374,3 +374,50 @@ fn http2_connection_is_not_cut_off_by_the_header_deadline() {
     }
     assert!(acked, "no SETTINGS from the server");
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body from a kept-alive connection and
+/// returns its body.
+fn read_one_response(tls: &mut rustls::StreamOwned<ClientConnection, TcpStream>) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("ascii head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    tls.read_exact(&mut body).expect("response body");
+    body
+}
+
+/// Every request on one kept-alive HTTPS connection tells the backend it came over TLS and
+/// from whom: what the edge knows of the connection serves each request, not the first alone.
+#[test]
+fn each_request_on_a_kept_alive_tls_connection_is_forwarded_as_https() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    let mut tls = handshake(
+        edge.https,
+        client_config(rustls::ALL_VERSIONS, &[b"http/1.1"]),
+        "localhost",
+    );
+    for i in 0..3 {
+        let req = format!("GET /api/x?n={i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        tls.write_all(req.as_bytes()).expect("write");
+        let body: serde_json::Value =
+            serde_json::from_slice(&read_one_response(&mut tls)).expect("json echo");
+        let headers = &body["headers"];
+        assert_eq!(headers["x-forwarded-proto"], "https", "request {i}");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "request {i}");
+    }
+    assert_eq!(b.requests(), 3);
+}
