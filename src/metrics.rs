@@ -334,7 +334,7 @@ impl Metrics {
                 }
                 self.backend_healthy
                     .with_label_values(&labels)
-                    .set(i64::from(group.is_healthy(b)));
+                    .set(i64::from(b.is_healthy()));
                 self.backend_in_flight
                     .with_label_values(&labels)
                     .set(i64::try_from(b.in_flight()).unwrap_or(i64::MAX));

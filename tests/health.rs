@@ -36,7 +36,7 @@ fn in_rotation(edge: &Edge, addr: SocketAddr) -> bool {
         .iter()
         .find(|b| b.addr == addr)
         .expect("backend in group");
-    group.is_healthy(state)
+    state.is_healthy()
 }
 
 /// Polls until `addr` is (or is not) in rotation; returns how long it took.

@@ -293,7 +293,7 @@ fn state(edge: &Edge, addr: SocketAddr) -> (bool, Option<&'static str>) {
         .find(|b| b.addr == addr)
         .expect("backend");
     let breaker = g.breaker_state(b, Instant::now()).map(|s| s.as_str());
-    (g.is_healthy(b), breaker)
+    (b.is_healthy(), breaker)
 }
 
 /// A two-group config: `api` with health checks and a breaker, `other` with `other_timeout`.

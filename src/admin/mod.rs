@@ -108,7 +108,7 @@ impl AdminApp {
         let not_ready: Vec<&str> = rt
             .groups
             .values()
-            .filter(|g| !g.backends().iter().any(|b| g.is_healthy(b)))
+            .filter(|g| !g.backends().iter().any(|b| b.is_healthy()))
             .map(|g| g.name.as_str())
             .collect();
         if not_ready.is_empty() {
@@ -136,7 +136,7 @@ impl AdminApp {
                         json!({
                             "address": b.label,
                             "weight": cfg.weight,
-                            "healthy": g.is_healthy(b),
+                            "healthy": b.is_healthy(),
                             "in_flight": b.in_flight(),
                             "breaker": g.breaker_state(b, now).map(|s| s.as_str()),
                         })

@@ -54,6 +54,12 @@ impl BackendState {
         }
     }
 
+    /// Whether health checks currently let this backend take traffic (its group's verdict as
+    /// of its last check round).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
     /// Requests currently sent to this backend and not yet finished.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
@@ -207,7 +213,7 @@ impl Group {
         accept: impl Fn(&BackendState) -> bool,
     ) -> Option<(Arc<BackendState>, Admitted)> {
         self.selector.find(key, |state| {
-            if !state.healthy.load(Ordering::Relaxed) || !accept(state) {
+            if !state.is_healthy() || !accept(state) {
                 return None;
             }
             let Some(breakers) = &self.breakers else {
@@ -288,11 +294,6 @@ impl Group {
 
     pub fn backends(&self) -> &[Arc<BackendState>] {
         &self.backends
-    }
-
-    /// Whether health checks currently let `backend` take traffic.
-    pub fn is_healthy(&self, backend: &BackendState) -> bool {
-        backend.healthy.load(Ordering::Relaxed)
     }
 
     /// Runs one round of this group's health checks (every backend at once), then publishes

@@ -392,13 +392,8 @@ where
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
+            // TODO: log h2 handshake time
+            let digest = Arc::new(Digest::of(&stream));
 
             let h2_options = self.h2_options();
             let h2_conn = match server::handshake(stream, h2_options).await {

@@ -150,15 +150,23 @@ pub(crate) struct KeptStream {
 impl KeptStream {
     /// The stream and its digest, made now if no session has made it yet.
     pub(crate) fn into_parts(self) -> (Stream, Box<Digest>) {
-        let digest = self.digest.unwrap_or_else(|| {
-            Box::new(Digest {
-                ssl_digest: self.stream.get_ssl_digest(),
-                timing_digest: self.stream.get_timing_digest(),
-                proxy_digest: self.stream.get_proxy_digest(),
-                socket_digest: self.stream.get_socket_digest(),
-            })
-        });
+        let digest = self
+            .digest
+            .unwrap_or_else(|| Box::new(Digest::of(&self.stream)));
         (self.stream, digest)
+    }
+}
+
+impl Digest {
+    /// What `stream`'s layers tell about the connection, as its HTTP sessions keep it.
+    /// (Tollgate patch 18: the one place a digest is made from a stream.)
+    pub(crate) fn of(stream: &Stream) -> Self {
+        Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        }
     }
 }
 

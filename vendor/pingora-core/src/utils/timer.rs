@@ -186,10 +186,9 @@ mod tests {
     /// to the most a thread keeps.
     #[tokio::test]
     async fn abandoned_waits_give_their_timers_back_up_to_the_cap() {
-        let waits: Vec<_> = (0..MAX_SPARE + 8)
+        let mut waits: Vec<_> = (0..MAX_SPARE + 8)
             .map(|_| Box::pin(timeout(Duration::from_secs(5), pending::<()>())))
             .collect();
-        let mut waits = waits;
         for wait in &mut waits {
             let polled = futures::poll!(wait.as_mut());
             assert!(polled.is_pending());

@@ -65,15 +65,18 @@ where
     /// The second return value indicates whether the session is connected via a reused stream.
     ///
     /// Tollgate patch 19 (vendor/README.md): an HTTP/1-only peer's pooled connection is taken
-    /// here, without a future; only a request that has to look further (connect, TLS, HTTP/2,
-    /// a custom protocol) runs the full path, in a box of its own. That path's future is
-    /// 8,792 bytes; awaited inline, it made every proxied request's future that much bigger,
-    /// past the allocator's fast path for small sizes, though most requests never enter it.
+    /// here, without a future; a new connection (TCP, TLS and their timeouts), and the HTTP/2
+    /// and custom-protocol paths, run in boxes of their own. The connect path's future is 8,792
+    /// bytes; awaited inline, it made every proxied request's future that much bigger, past the
+    /// allocator's fast path for small sizes, though most requests never enter it.
     pub async fn get_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
     ) -> Result<(HttpSession<C::Session>, bool)> {
-        // As the full path decides it: no options, or ALPN at most HTTP/1 (a custom ALPN is 0).
+        // NOTE: maybe TODO: we do not yet enforce that only TLS traffic can use h2, which is the
+        // de facto requirement for h2, because non TLS traffic lack the negotiation mechanism.
+
+        // We assume no peer option == no ALPN == h1 only (a custom ALPN's version is 0)
         let h1_only = peer
             .get_peer_options()
             .is_none_or(|o| o.alpn.get_max_http_version() == 1);
@@ -81,12 +84,15 @@ where
             if let Some(h1) = self.h1.reused_boxed_http_session(peer) {
                 return Ok((HttpSession::H1(h1), true));
             }
+            let h1 = Box::pin(self.h1.new_boxed_http_session(peer)).await?;
+            return Ok((HttpSession::H1(h1), false));
         }
-        Box::pin(self.find_or_connect_http_session(peer)).await
+        Box::pin(self.get_h2_or_custom_session(peer)).await
     }
 
-    /// [`Self::get_http_session`]'s full path: the pools in order, then a new connection.
-    async fn find_or_connect_http_session<P: Peer + Send + Sync + 'static>(
+    /// [`Self::get_http_session`] for a peer that allows more than HTTP/1: its pools in
+    /// order, then a new connection.
+    async fn get_h2_or_custom_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
     ) -> Result<(HttpSession<C::Session>, bool)> {
@@ -122,37 +128,25 @@ where
             }
         }
 
-        // NOTE: maybe TODO: we do not yet enforce that only TLS traffic can use h2, which is the
-        // de facto requirement for h2, because non TLS traffic lack the negotiation mechanism.
-
-        // We assume no peer option == no ALPN == h1 only
-        let h1_only = peer
-            .get_peer_options()
-            .is_none_or(|o| o.alpn.get_max_http_version() == 1);
-        if h1_only {
-            let (h1, reused) = self.h1.get_boxed_http_session(peer).await?;
-            Ok((HttpSession::H1(h1), reused))
-        } else {
-            // the peer allows h2, we first check the h2 reuse pool
-            let reused_h2 = self.h2.reused_http_session(peer).await?;
-            if let Some(h2) = reused_h2 {
-                return Ok((HttpSession::H2(Box::new(h2)), true));
-            }
-            let h2_only = peer
-                .get_peer_options()
-                .is_some_and(|o| o.alpn.get_min_http_version() == 2)
-                && !self.h2.h1_is_preferred(peer);
-            if !h2_only {
-                // We next check the reuse pool for h1 before creating a new h2 connection.
-                // This is because the server may not support h2 at all, connections to
-                // the server could all be h1.
-                if let Some(h1) = self.h1.reused_boxed_http_session(peer) {
-                    return Ok((HttpSession::H1(h1), true));
-                }
-            }
-            let session = self.h2.new_http_session(peer).await?;
-            Ok((session, false))
+        // the peer allows h2, we first check the h2 reuse pool
+        let reused_h2 = self.h2.reused_http_session(peer).await?;
+        if let Some(h2) = reused_h2 {
+            return Ok((HttpSession::H2(Box::new(h2)), true));
         }
+        let h2_only = peer
+            .get_peer_options()
+            .is_some_and(|o| o.alpn.get_min_http_version() == 2)
+            && !self.h2.h1_is_preferred(peer);
+        if !h2_only {
+            // We next check the reuse pool for h1 before creating a new h2 connection.
+            // This is because the server may not support h2 at all, connections to
+            // the server could all be h1.
+            if let Some(h1) = self.h1.reused_boxed_http_session(peer) {
+                return Ok((HttpSession::H1(h1), true));
+            }
+        }
+        let session = self.h2.new_http_session(peer).await?;
+        Ok((session, false))
     }
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(

@@ -52,6 +52,16 @@ impl Connector {
         Ok((Self::session(stream, peer, key), reused))
     }
 
+    /// A session on a new connection to `peer`, without looking in the pool. (Tollgate patch
+    /// 19, see vendor/README.md: the caller has looked already.)
+    pub(crate) async fn new_boxed_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<Box<HttpSession>> {
+        let stream = self.transport.new_stream(peer).await?;
+        Ok(Self::session(stream.into(), peer, peer.reuse_hash()))
+    }
+
     pub async fn reused_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,

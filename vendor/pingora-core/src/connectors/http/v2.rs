@@ -612,15 +612,8 @@ pub async fn handshake(stream: Stream, settings: H2HandshakeSettings) -> Result<
     }
 
     let id = stream.id();
-    let digest = Digest {
-        // NOTE: this field is always false because the digest is shared across all streams
-        // The streams should log their own reuse info
-        ssl_digest: stream.get_ssl_digest(),
-        // TODO: log h2 handshake time
-        timing_digest: stream.get_timing_digest(),
-        proxy_digest: stream.get_proxy_digest(),
-        socket_digest: stream.get_socket_digest(),
-    };
+    // TODO: log h2 handshake time
+    let digest = Digest::of(&stream);
     let stream_window = settings.stream_window_size.unwrap_or(H2_WINDOW_SIZE);
     let conn_window = settings.connection_window_size.unwrap_or(H2_WINDOW_SIZE);
     let (send_req, connection) = Builder::new()
