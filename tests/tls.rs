@@ -399,25 +399,120 @@ fn read_one_response(tls: &mut rustls::StreamOwned<ClientConnection, TcpStream>)
     body
 }
 
+/// A kept-alive HTTP/1.1 connection to the edge over TLS (whichever version it prefers).
+fn http1_over_tls(edge: &Edge) -> rustls::StreamOwned<ClientConnection, TcpStream> {
+    handshake(
+        edge.https,
+        client_config(rustls::ALL_VERSIONS, &[b"http/1.1"]),
+        "localhost",
+    )
+}
+
+/// Sends `GET target` on a kept-alive connection and returns the response's body.
+fn get_body(tls: &mut rustls::StreamOwned<ClientConnection, TcpStream>, target: &str) -> Vec<u8> {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tls.write_all(req.as_bytes()).expect("write");
+    read_one_response(tls)
+}
+
 /// Every request on one kept-alive HTTPS connection tells the backend it came over TLS and
 /// from whom: what the edge knows of the connection serves each request, not the first alone.
 #[test]
 fn each_request_on_a_kept_alive_tls_connection_is_forwarded_as_https() {
     let b = Backend::start("b1");
     let edge = api_edge(&b);
-    let mut tls = handshake(
-        edge.https,
-        client_config(rustls::ALL_VERSIONS, &[b"http/1.1"]),
-        "localhost",
-    );
+    let mut tls = http1_over_tls(&edge);
     for i in 0..3 {
-        let req = format!("GET /api/x?n={i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        tls.write_all(req.as_bytes()).expect("write");
         let body: serde_json::Value =
-            serde_json::from_slice(&read_one_response(&mut tls)).expect("json echo");
+            serde_json::from_slice(&get_body(&mut tls, &format!("/api/x?n={i}")))
+                .expect("json echo");
         let headers = &body["headers"];
         assert_eq!(headers["x-forwarded-proto"], "https", "request {i}");
         assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "request {i}");
     }
     assert_eq!(b.requests(), 3);
+}
+
+/// Responses of every size around what the edge gathers into one TLS record (a few KiB)
+/// arrive whole, one after another on one kept-alive connection: a small one is not held
+/// back and a large one is not cut short.
+#[test]
+fn responses_of_every_size_arrive_whole_over_one_tls_connection() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    let mut tls = http1_over_tls(&edge);
+    let sizes = [0, 1, 3_000, 4_000, 4_096, 4_097, 20_000, 1 << 20];
+    for size in sizes {
+        let body = get_body(&mut tls, &format!("/api/x?size={size}"));
+        assert_eq!(body.len(), size, "size {size}");
+        assert!(body.iter().all(|&c| c == b'x'), "size {size}: body bytes");
+    }
+    assert_eq!(b.requests(), sizes.len() as u64);
+}
+
+/// Record headers (content type, length) of what the edge sends, seen by a relay between a
+/// client and the edge.
+struct RecordTap {
+    addr: SocketAddr,
+    records: Arc<std::sync::Mutex<Vec<(u8, usize)>>>,
+}
+
+impl RecordTap {
+    /// Relays one connection to `edge`, parsing the TLS record headers coming back.
+    fn start(edge: SocketAddr) -> RecordTap {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&records);
+        std::thread::spawn(move || {
+            let (mut client, _) = listener.accept().expect("accept");
+            let mut server = TcpStream::connect(edge).expect("connect to edge");
+            let (mut to_server, mut from_server) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || std::io::copy(&mut to_server, &mut server));
+            let mut header = [0u8; 5];
+            while from_server.read_exact(&mut header).is_ok() {
+                let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+                let mut body = vec![0u8; len];
+                if from_server.read_exact(&mut body).is_err() {
+                    break;
+                }
+                seen.lock().expect("records").push((header[0], len));
+                let relayed = client.write_all(&header).is_ok() && client.write_all(&body).is_ok();
+                if !relayed {
+                    break;
+                }
+            }
+        });
+        RecordTap { addr, records }
+    }
+
+    fn count(&self) -> usize {
+        self.records.lock().expect("records").len()
+    }
+
+    /// Application-data records (content type 23) after the first `from` records.
+    fn application_data_since(&self, from: usize) -> usize {
+        let records = self.records.lock().expect("records");
+        records[from..]
+            .iter()
+            .filter(|(kind, _)| *kind == 23)
+            .count()
+    }
+}
+
+/// A small response's header and body go out as one TLS record, not one each (TLS 1.2,
+/// where a record's content type is visible on the wire).
+#[test]
+fn a_small_response_is_one_tls_record() {
+    let b = Backend::start("b1");
+    let edge = api_edge(&b);
+    let tap = RecordTap::start(edge.https);
+    let config = client_config(&[&rustls::version::TLS12], &[b"http/1.1"]);
+    let mut tls = handshake(tap.addr, config, "localhost");
+    let before = tap.count();
+    assert_eq!(get_body(&mut tls, "/api/x?size=64").len(), 64);
+    assert_eq!(tap.application_data_since(before), 1);
 }

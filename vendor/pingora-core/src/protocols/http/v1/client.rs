@@ -76,6 +76,8 @@ pub struct HttpSession {
     /// instead of copying; `response_header` then keeps only its status and version.
     /// (Tollgate patch, see vendor/README.md.)
     handed_out: Option<HeaderReuse>,
+    /// Which framing and reuse headers the last response read has (Tollgate patch 20).
+    response_names: FramingNames,
     /// The pool key (the peer's `reuse_hash`) the connector took or made this stream under, so
     /// releasing it does not hash the peer again. (Tollgate patch, see vendor/README.md.)
     pub(crate) pool_key: Option<u64>,
@@ -138,6 +140,7 @@ impl HttpSession {
             allow_h1_response_invalid_content_length: false,
             preserve_header_case: true,
             handed_out: None,
+            response_names: FramingNames::default(),
             pool_key: None,
             response_framing: ResponseFraming::default(),
         }
@@ -253,7 +256,11 @@ impl HttpSession {
 
     // Validate the response header read, told whether it has `Transfer-Encoding`, and return
     // how it frames the body. This function must be called after the response header read.
-    fn validate_response(&self, has_transfer_encoding: bool) -> Result<ResponseFraming> {
+    fn validate_response(
+        &self,
+        has_transfer_encoding: bool,
+        has_content_length: bool,
+    ) -> Result<ResponseFraming> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -263,6 +270,12 @@ impl HttpSession {
             // Transfer-Encoding takes precedence: Content-Length is already removed.
             return Ok(ResponseFraming {
                 chunked: self.is_chunked_encoding(),
+                content_length: None,
+            });
+        }
+        if !has_content_length {
+            return Ok(ResponseFraming {
+                chunked: false,
                 content_length: None,
             });
         }
@@ -347,7 +360,7 @@ impl HttpSession {
 
                         // Note: resp.headers has the correct number of headers
                         // while header_refs doesn't as it is still empty
-                        let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
+                        let seen = populate_headers(base, &mut header_refs, resp.headers);
 
                         let size_hint = Some(resp.headers.len());
                         let built = if self.preserve_header_case {
@@ -388,11 +401,8 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
+                        let contains_transfer_encoding = seen.transfer_encoding;
+                        let contains_content_length = seen.content_length;
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
@@ -406,7 +416,10 @@ impl HttpSession {
                         self.buf = buf;
                         self.response_header = Some(response_header);
                         self.handed_out = None;
-                        match self.validate_response(contains_transfer_encoding) {
+                        self.response_names = seen;
+                        match self
+                            .validate_response(contains_transfer_encoding, contains_content_length)
+                        {
                             Ok(framing) => self.response_framing = framing,
                             Err(e) => return self.fail_response_header_read(e),
                         }
@@ -694,15 +707,15 @@ impl HttpSession {
     fn header_reuse(&self) -> HeaderReuse {
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
+        // (Tollgate patch 20: the response's own headers are looked up only when it has them;
+        // its header is not changed after it is read.)
+        let names = self.response_names;
         let http10_transfer_encoding = self.resp_header().map(|h| h.version)
             == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some();
+            && names.transfer_encoding;
         let connection_keepalive = self.is_connection_keepalive();
         let keepalive_timeout = match connection_keepalive {
-            Some(true) => self.get_keepalive_values().0,
+            Some(true) if names.keep_alive => self.get_keepalive_values().0,
             _ => None,
         };
         HeaderReuse {
@@ -726,6 +739,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
+            _ if !self.response_names.connection => None,
             _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
         }
     }
@@ -2277,6 +2291,29 @@ mod tests_stream {
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(1, http_stream.resp_header().unwrap().headers.len());
         assert_eq!(http_stream.get_header("Foo").unwrap(), "Bar");
+    }
+
+    /// A kept-alive response's `Keep-Alive: timeout` is honoured whatever the case of the
+    /// names; without a `Keep-Alive` header the connection is kept with no timeout.
+    #[tokio::test]
+    async fn keepalive_timeout_comes_from_a_keep_alive_header_in_any_case() {
+        async fn timeout_after(headers: &str) -> KeepaliveStatus {
+            let input = format!("HTTP/1.1 200 OK\r\n{headers}Content-Length: 0\r\n\r\n");
+            let mock_io = Builder::new().read(input.as_bytes()).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_resp_header_parts().await.unwrap();
+            http_stream.respect_keepalive();
+            http_stream.keepalive_timeout
+        }
+        let seven = KeepaliveStatus::Timeout(Duration::from_secs(7));
+        let kept = "connection: Keep-Alive\r\nKEEP-ALIVE: timeout=7\r\n";
+        assert_eq!(timeout_after(kept).await, seven);
+        let kept = "Connection: keep-alive\r\nKeep-Alive: timeout=7\r\n";
+        assert_eq!(timeout_after(kept).await, seven);
+        let no_timeout = "Connection: keep-alive\r\n";
+        assert_eq!(timeout_after(no_timeout).await, KeepaliveStatus::Infinite);
+        let closed = "CONNECTION: close\r\nKeep-Alive: timeout=7\r\n";
+        assert_eq!(timeout_after(closed).await, KeepaliveStatus::Off);
     }
 
     #[tokio::test]

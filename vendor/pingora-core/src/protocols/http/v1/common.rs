@@ -272,25 +272,52 @@ pub(super) fn is_buf_keepalive(header_value: Option<&HeaderValue>) -> Option<boo
     })
 }
 
+/// Which of the headers that decide a message's framing and its connection's reuse a parsed
+/// header section has. [`populate_headers`] notes them as the names go by (a length test per
+/// name), so the header map it fills need not be asked for each of them again. (Tollgate
+/// patch 20, see vendor/README.md.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct FramingNames {
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub connection: bool,
+    pub keep_alive: bool,
+}
+
+impl FramingNames {
+    #[inline]
+    fn note(&mut self, name: &[u8]) {
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => self.connection = true,
+            10 if name.eq_ignore_ascii_case(b"keep-alive") => self.keep_alive = true,
+            14 if name.eq_ignore_ascii_case(b"content-length") => self.content_length = true,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => self.transfer_encoding = true,
+            _ => {}
+        }
+    }
+}
+
+/// Records where each parsed header's name and value are in the buffer at `base`, and
+/// returns the framing headers among them.
 #[inline]
 pub(super) fn populate_headers(
     base: usize,
     header_ref: &mut Vec<KVRef>,
     headers: &[httparse::Header],
-) -> usize {
-    let mut used_header_index = 0;
+) -> FramingNames {
+    let mut names = FramingNames::default();
     for header in headers.iter() {
         if !header.name.is_empty() {
+            names.note(header.name.as_bytes());
             header_ref.push(KVRef::new(
                 header.name.as_ptr() as usize - base,
                 header.name.len(),
                 header.value.as_ptr() as usize - base,
                 header.value.len(),
             ));
-            used_header_index += 1;
         }
     }
-    used_header_index
+    names
 }
 
 /// Parse a `Content-Length` field value as an ASCII digit string, matching
@@ -657,5 +684,47 @@ mod test {
             headers.append(TRANSFER_ENCODING, (*value).try_into().unwrap());
         }
         assert_eq!(is_chunked_encoding_from_headers(&headers), expected);
+    }
+
+    /// The framing names are found in any case, and names of the same length are not taken
+    /// for them.
+    #[test]
+    fn framing_names_are_noted_in_any_case() {
+        let names = |list: &[&'static str]| {
+            let headers: Vec<httparse::Header> = list
+                .iter()
+                .map(|name| httparse::Header { name, value: b"1" })
+                .collect();
+            // `populate_headers` records offsets from `base`; only the names matter here.
+            let base = headers
+                .iter()
+                .flat_map(|h| [h.name.as_ptr() as usize, h.value.as_ptr() as usize])
+                .min()
+                .unwrap_or(0);
+            populate_headers(base, &mut Vec::new(), &headers)
+        };
+        let all = names(&[
+            "CONTENT-LENGTH",
+            "Transfer-Encoding",
+            "connection",
+            "Keep-Alive",
+        ]);
+        assert_eq!(
+            all,
+            FramingNames {
+                transfer_encoding: true,
+                content_length: true,
+                connection: true,
+                keep_alive: true,
+            }
+        );
+        let alike = names(&[
+            "content-lengtx",
+            "transfer-encodinX",
+            "connexion",
+            "x-connectn",
+        ]);
+        assert_eq!(alike, FramingNames::default());
+        assert_eq!(names(&[]), FramingNames::default());
     }
 }

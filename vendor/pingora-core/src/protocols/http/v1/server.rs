@@ -163,6 +163,11 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// What the request's `Connection` header said as the client sent it: `Some(false)` for
+    /// `close`, `Some(true)` for `keep-alive`, else `None`. Read once with the request, so
+    /// that a filter rewriting the header (hop-by-hop fields for the upstream) does not change
+    /// what the client asked of this connection. (Tollgate patch 20, see vendor/README.md.)
+    client_keepalive: Option<bool>,
     /// How the request body is framed, as `read_request` validated it; `None` once the request
     /// header is handed out mutably, so the body reader then reads the header again. (Tollgate
     /// patch 13, see vendor/README.md: the parse, validation and the body reader looked up
@@ -224,6 +229,7 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            client_keepalive: None,
             request_framing: None,
         }
     }
@@ -368,7 +374,7 @@ impl HttpSession {
                         let mut header_refs = Vec::<KVRef>::with_capacity(req.headers.len());
                         // Note: req.headers has the correct number of headers
                         // while header_refs doesn't as it is still empty
-                        let _num_headers = populate_headers(base, &mut header_refs, req.headers);
+                        let seen = populate_headers(base, &mut header_refs, req.headers);
 
                         let method = req.method.unwrap_or("");
                         // we path httparse to allow unsafe bytes in the str
@@ -420,10 +426,8 @@ impl HttpSession {
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
+                        let contains_transfer_encoding = seen.transfer_encoding;
+                        let contains_content_length = seen.content_length;
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -444,14 +448,22 @@ impl HttpSession {
                         self.body_reader.reinit();
                         self.pipelined_idle_bytes_stashed = false;
                         self.response_written = None;
-                        self.respect_keepalive();
+                        self.client_keepalive = if seen.connection {
+                            self.is_connection_keepalive()
+                        } else {
+                            None
+                        };
+                        self.apply_keepalive(self.client_keepalive);
 
                         // Disable keepalive if both Transfer-Encoding and Content-Length were present
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.request_framing =
-                            Some(self.validate_framing(contains_transfer_encoding)?);
+                        self.request_framing = Some(self.validate_framing(
+                            contains_transfer_encoding,
+                            // removed above when Transfer-Encoding is there too
+                            contains_content_length && !has_both_te_and_cl,
+                        )?);
 
                         return Ok(Some(s));
                     }
@@ -507,13 +519,19 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
-        let has_te = self.req_header().headers.contains_key(TRANSFER_ENCODING);
-        self.validate_framing(has_te).map(|_| ())
+        let headers = &self.req_header().headers;
+        let has_te = headers.contains_key(TRANSFER_ENCODING);
+        let has_cl = headers.contains_key(CONTENT_LENGTH);
+        self.validate_framing(has_te, has_cl).map(|_| ())
     }
 
     /// [`Self::validate_request()`]'s checks, told whether the request has `Transfer-Encoding`;
     /// returns the body framing they establish.
-    fn validate_framing(&self, has_transfer_encoding: bool) -> Result<RequestFraming> {
+    fn validate_framing(
+        &self,
+        has_transfer_encoding: bool,
+        has_content_length: bool,
+    ) -> Result<RequestFraming> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -538,6 +556,9 @@ impl HttpSession {
             return Ok(RequestFraming::Chunked);
         }
 
+        if !has_content_length {
+            return Ok(RequestFraming::Length(0));
+        }
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
@@ -838,7 +859,14 @@ impl HttpSession {
     /// For HTTP 1.1, assume keepalive as long as there is no `Connection: Close` request header.
     /// For HTTP 1.0, only keepalive if there is an explicit header `Connection: keep-alive`.
     pub fn respect_keepalive(&mut self) {
-        if let Some(keepalive) = self.is_connection_keepalive() {
+        let connection = self.is_connection_keepalive();
+        self.apply_keepalive(connection);
+    }
+
+    /// [`Self::respect_keepalive()`] given what the request's `Connection` header says
+    /// (`None`: neither keep-alive nor close, or no such header).
+    fn apply_keepalive(&mut self, connection: Option<bool>) {
+        if let Some(keepalive) = connection {
             if keepalive {
                 let (timeout, _max_use) = self.get_keepalive_values();
                 // TODO: respect max_use
@@ -1373,7 +1401,7 @@ impl HttpSession {
     /// `Some(>0)`: reusing this session is allowed within the given timeout in seconds.
     /// If the client disallows connection reuse, then `keepalive` will be ignored.
     pub fn set_server_keepalive(&mut self, keepalive: Option<u64>) {
-        if let Some(false) = self.is_connection_keepalive() {
+        if let Some(false) = self.client_keepalive {
             // connection: close is set
             self.set_keepalive(None);
         } else {
@@ -2693,6 +2721,22 @@ mod tests_stream {
             http_stream.keepalive_timeout,
             KeepaliveStatus::Timeout(Duration::from_secs(60))
         );
+    }
+
+    /// The client's `Connection: close` holds for its connection after a filter removes the
+    /// header from the request (as a proxy does with hop-by-hop fields).
+    #[tokio::test]
+    async fn client_close_outlives_a_removed_connection_header() {
+        let input = b"GET / HTTP/1.1\r\nHost: pingora.org\r\nCONNECTION: Close\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert_eq!(http_stream.keepalive_timeout, KeepaliveStatus::Off);
+        http_stream
+            .req_header_mut()
+            .remove_header(&header::CONNECTION);
+        http_stream.set_server_keepalive(Some(60));
+        assert_eq!(http_stream.keepalive_timeout, KeepaliveStatus::Off);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use std::io::Result as IoResult;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::listeners::tls::Acceptor;
@@ -49,7 +49,19 @@ pub struct TlsStream<T> {
     digest: Option<Arc<SslDigest>>,
     ssl: Option<TlsRef>,
     timing: TimingDigest,
+    /// Plaintext that `poll_write` took but has not handed to rustls yet: small writes are
+    /// gathered until a flush (or until the next one would not fit), so that a response's
+    /// header and a small body are sealed as one TLS record, not one each. Tollgate patch 21
+    /// (see vendor/README.md).
+    gathered: Vec<u8>,
 }
+
+/// The most plaintext [`TlsStream`] gathers before handing it to rustls; a larger write goes
+/// to rustls directly, as before.
+const GATHER_LIMIT: usize = 4096;
+/// The gathering buffer is kept between flushes while it is no larger than this, so an idle
+/// connection holds at most this much for it.
+const GATHER_KEEP: usize = 1024;
 
 impl<T> TlsStream<T>
 where
@@ -73,6 +85,7 @@ where
             digest: None,
             ssl: None,
             timing: Default::default(),
+            gathered: Vec::new(),
         })
     }
 
@@ -90,6 +103,7 @@ where
             digest: None,
             ssl: None,
             timing: Default::default(),
+            gathered: Vec::new(),
         })
     }
 }
@@ -199,19 +213,57 @@ where
     }
 }
 
+impl<T> TlsStream<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Hands the gathered plaintext to rustls, which seals what it takes at once as one
+    /// record (or more, past its record size).
+    fn poll_write_gathered(&mut self, cx: &mut Context) -> Poll<IoResult<()>> {
+        while !self.gathered.is_empty() {
+            let stream = self.tls.stream.as_mut().unwrap();
+            let n = ready!(Pin::new(stream).poll_write(cx, &self.gathered))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.gathered.drain(..n);
+        }
+        if self.gathered.capacity() > GATHER_KEEP {
+            self.gathered = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room to gather `len` more bytes: hands over what is gathered when they would not
+    /// fit with it. `false` when `len` is too large to gather at all.
+    fn poll_gather_room(&mut self, cx: &mut Context, len: usize) -> Poll<IoResult<bool>> {
+        if self.gathered.len() + len > GATHER_LIMIT {
+            ready!(self.poll_write_gathered(cx))?;
+        }
+        Poll::Ready(Ok(len <= GATHER_LIMIT))
+    }
+}
+
 impl<T> AsyncWrite for TlsStream<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Gathers a small write (see [`TlsStream::gathered`]); a large one goes to rustls.
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context, buf: &[u8]) -> Poll<IoResult<usize>> {
+        if ready!(self.poll_gather_room(cx, buf.len()))? {
+            self.gathered.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<IoResult<()>> {
+        ready!(self.poll_write_gathered(cx))?;
         Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<IoResult<()>> {
+        ready!(self.poll_write_gathered(cx))?;
         Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_shutdown(cx)
     }
 
@@ -220,6 +272,13 @@ where
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<IoResult<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if ready!(self.poll_gather_room(cx, len))? {
+            for buf in bufs {
+                self.gathered.extend_from_slice(buf);
+            }
+            return Poll::Ready(Ok(len));
+        }
         Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_write_vectored(cx, bufs)
     }
 
