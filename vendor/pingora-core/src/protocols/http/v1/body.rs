@@ -382,8 +382,10 @@ impl BodyReader {
         let body_buf_mut = self.body_buf.as_mut().expect("must have read body buf");
         // remove unused buffer
         body_buf_mut.truncate(total_read);
-        let overread_bytes = body_buf_mut.split_off(end_of_body);
-        self.body_buf_overread = (!overread_bytes.is_empty()).then_some(overread_bytes);
+        // Tollgate patch 22 (vendor/README.md): split only when something was read past the
+        // body; splitting at the end still turned the buffer into a shared one (an allocation).
+        self.body_buf_overread =
+            (end_of_body < total_read).then(|| body_buf_mut.split_off(end_of_body));
     }
 
     pub async fn read_body<S>(&mut self, stream: &mut S) -> Result<Option<BufRef>>

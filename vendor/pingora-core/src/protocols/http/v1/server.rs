@@ -1622,7 +1622,9 @@ impl HttpSession {
         Ok(end_stream || self.body_writer.finished())
     }
 
-    fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool) {
+    /// Buffers a body chunk of `response_duplex_vec`'s tasks: the first is kept in `first`
+    /// as it is, and copied into `body_write_buf` with the next when there is one.
+    fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool, first: &mut Option<Bytes>) {
         if upgraded != self.upgraded {
             if upgraded {
                 panic!("Unexpected Body task received on upgraded downstream session");
@@ -1634,8 +1636,24 @@ impl HttpSession {
         let Some(d) = data else {
             return;
         };
-        if !d.is_empty() && !self.body_writer.finished() {
-            self.body_write_buf.put_slice(&d);
+        if d.is_empty() || self.body_writer.finished() {
+            return;
+        }
+        if first.is_none() && self.body_write_buf.is_empty() {
+            *first = Some(d);
+            return;
+        }
+        if let Some(first) = first.take() {
+            self.body_write_buf.put_slice(&first);
+        }
+        self.body_write_buf.put_slice(&d);
+    }
+
+    /// Writes what `buffer_body_data` gathered: a lone chunk as it is, else the buffer.
+    async fn write_buffered_body(&mut self, first: Option<Bytes>) -> Result<Option<usize>> {
+        match first {
+            Some(chunk) => self.write_body(&chunk).await,
+            None => self.write_body_buf().await,
         }
     }
 
@@ -1648,6 +1666,9 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
+        // Tollgate patch 22 (vendor/README.md): the body's first chunk, kept as it is; the
+        // chunks are copied into `body_write_buf` only when there is more than one.
+        let mut first: Option<Bytes> = None;
         for task in tasks.into_iter() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
@@ -1657,18 +1678,20 @@ impl HttpSession {
                     end_stream
                 }
                 HttpTask::Body(data, end_stream) => {
-                    self.buffer_body_data(data, false);
+                    self.buffer_body_data(data, false, &mut first);
                     end_stream
                 }
                 HttpTask::UpgradedBody(data, end_stream) => {
-                    self.buffer_body_data(data, true);
+                    self.buffer_body_data(data, true, &mut first);
                     end_stream
                 }
                 HttpTask::Trailer(_) => true, // h1 trailer is not supported yet
                 HttpTask::Done => true,
                 HttpTask::Failed(e) => {
                     // flush the data we have and quit
-                    self.write_body_buf().await.map_err(|e| e.into_down())?;
+                    self.write_buffered_body(first)
+                        .await
+                        .map_err(|e| e.into_down())?;
                     self.underlying_stream
                         .flush()
                         .await
@@ -1677,7 +1700,9 @@ impl HttpSession {
                 }
             }
         }
-        self.write_body_buf().await.map_err(|e| e.into_down())?;
+        self.write_buffered_body(first)
+            .await
+            .map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
@@ -2753,6 +2778,38 @@ mod tests_stream {
             .write_response_header_ref(&new_response)
             .await
             .unwrap();
+    }
+
+    /// `response_duplex_vec` writes a header and its one body chunk (the chunk as it is), or
+    /// its chunks joined, and ends the body.
+    #[tokio::test]
+    async fn duplex_vec_writes_one_body_chunk_or_several_joined() {
+        async fn written(chunks: &[&'static [u8]]) {
+            let body: Vec<u8> = chunks.concat();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let mock_io = Builder::new()
+                .read(b"GET / HTTP/1.1\r\n\r\n")
+                .write(head.as_bytes())
+                .write(&body)
+                .build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_request().await.unwrap();
+            http_stream.update_resp_headers = false;
+            let mut header = ResponseHeader::build(StatusCode::OK, None).unwrap();
+            header
+                .append_header("Content-Length", body.len().to_string())
+                .unwrap();
+            let mut tasks = vec![HttpTask::Header(Box::new(header), false)];
+            for (i, chunk) in chunks.iter().enumerate() {
+                let last = i + 1 == chunks.len();
+                tasks.push(HttpTask::Body(Some(Bytes::from_static(chunk)), last));
+            }
+            assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
+            assert!(http_stream.body_writer.finished());
+        }
+        written(&[b"abc"]).await;
+        written(&[b"abc", b"def"]).await;
+        written(&[b"abc", b"", b"def", b"g"]).await;
     }
 
     #[tokio::test]
