@@ -190,6 +190,47 @@ impl RequestHeader {
         Ok(req)
     }
 
+    /// [`Self::build()`] (with `case`, else [`Self::build_no_case()`]) from a request-target
+    /// held in shared bytes, such as the buffer the request was read into: an origin-form
+    /// target, the usual one, is kept in the [`Uri`] without being copied, so that copies of
+    /// the request share it too. Other forms are stored as [`Self::set_raw_path()`] stores
+    /// them. (Tollgate patch 6, see vendor/README.md.)
+    pub fn build_shared(
+        method: impl TryInto<Method>,
+        target: bytes::Bytes,
+        size_hint: Option<usize>,
+        case: bool,
+    ) -> Result<Self> {
+        let mut req = Self::new_no_case(size_hint);
+        if case {
+            req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
+                size_hint,
+            )));
+        }
+        req.base.method = method
+            .try_into()
+            .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
+        // As `parse_request_target`: a fragment is not part of the target.
+        let target = match target.iter().position(|&byte| byte == b'#') {
+            Some(fragment_start) => target.slice(..fragment_start),
+            None => target,
+        };
+        let origin_form = matches!(target.first(), Some(b'/' | b'?'));
+        if !origin_form || std::str::from_utf8(&target).is_err() {
+            req.set_raw_path(&target)?;
+            return Ok(req);
+        }
+        let invalid = || format!("invalid uri {}", String::from_utf8_lossy(&target));
+        let path_and_query = http::uri::PathAndQuery::from_maybe_shared(target.clone())
+            .explain_err(InvalidHTTPHeader, |_| invalid())?;
+        req.base.uri = Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .explain_err(InvalidHTTPHeader, |_| invalid())?;
+        req.raw_target = RawTarget::FromUri;
+        Ok(req)
+    }
+
     /// Append the header name and value to `self`.
     ///
     /// If there are already some headers under the same name, a new value will be added without
@@ -1546,6 +1587,54 @@ mod tests {
             );
             assert!(req.raw_path_is_utf8());
         }
+    }
+
+    /// A header built from a target in shared bytes is the one `build` makes, for every form
+    /// of target, and an origin-form target's path is the buffer's own bytes, not a copy.
+    #[test]
+    fn test_build_shared_matches_build_and_shares_origin_form() {
+        for target in [
+            &b"/"[..],
+            b"/a/b/c?d=e&f=g",
+            b"/x#frag",
+            b"?q=1",
+            b"",
+            b"#only",
+            b"*",
+            b"http://host:8080/p?q=1",
+            b"host:443",
+            b"/caf\xc3\xa9",
+            b"/\xff\xfe",
+            b"/a b",
+        ] {
+            let shown = String::from_utf8_lossy(target);
+            let built = RequestHeader::build("GET", target, None);
+            for case in [true, false] {
+                let shared = RequestHeader::build_shared(
+                    "GET",
+                    bytes::Bytes::copy_from_slice(target),
+                    None,
+                    case,
+                );
+                let (Ok(built), Ok(shared)) = (&built, &shared) else {
+                    assert_eq!(built.is_ok(), shared.is_ok(), "{shown}");
+                    continue;
+                };
+                assert_eq!(built.uri, shared.uri, "{shown}");
+                assert_eq!(built.raw_path(), shared.raw_path(), "{shown}");
+                assert_eq!(
+                    built.raw_path_is_utf8(),
+                    shared.raw_path_is_utf8(),
+                    "{shown}"
+                );
+                assert_eq!(shared.has_case(), case, "{shown}");
+            }
+        }
+        let buf = bytes::Bytes::from_static(b"/index.html?x=1 and more");
+        let req = RequestHeader::build_shared("GET", buf.slice(..15), None, false).unwrap();
+        let path = req.uri.path_and_query().unwrap().as_str();
+        assert_eq!(path, "/index.html?x=1");
+        assert_eq!(path.as_ptr(), buf.as_ptr(), "the path is not a copy");
     }
 
     #[test]

@@ -376,21 +376,22 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let seen = populate_headers(base, &mut header_refs, req.headers);
 
-                        let method = req.method.unwrap_or("");
-                        // we path httparse to allow unsafe bytes in the str
-                        let path = req.path.unwrap_or("").as_bytes();
+                        // Where the method and the target are in `buf`, so that the header is
+                        // built from the frozen buffer and keeps its target without a copy
+                        // (Tollgate patch 23, see vendor/README.md).
+                        let within = |part: Option<&str>| {
+                            // we path httparse to allow unsafe bytes in the str
+                            part.map_or(BufRef(0, 0), |p| {
+                                BufRef::new(p.as_ptr() as usize - base, p.len())
+                            })
+                        };
+                        let (method, path) = (within(req.method), within(req.path));
                         let size_hint = Some(req.headers.len());
-                        let mut request_header = Box::new(if self.preserve_header_case {
-                            RequestHeader::build(method, path, size_hint)?
-                        } else {
-                            RequestHeader::build_no_case(method, path, size_hint)?
-                        });
-
-                        request_header.set_version(match req.version {
+                        let version = match req.version {
                             Some(1) => Version::HTTP_11,
                             Some(0) => Version::HTTP_10,
                             _ => Version::HTTP_09,
-                        });
+                        };
 
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
@@ -411,6 +412,13 @@ impl HttpSession {
                             rest
                         };
                         let buf = buf.freeze();
+                        let mut request_header = Box::new(RequestHeader::build_shared(
+                            method.get(&buf),
+                            path.get_bytes(&buf),
+                            size_hint,
+                            self.preserve_header_case,
+                        )?);
+                        request_header.set_version(version);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
