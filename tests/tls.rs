@@ -516,3 +516,75 @@ fn a_small_response_is_one_tls_record() {
     assert_eq!(get_body(&mut tls, "/api/x?size=64").len(), 64);
     assert_eq!(tap.application_data_since(before), 1);
 }
+
+/// A streamed (chunked) response's first chunk reaches a TLS client while the backend still
+/// holds the rest: what the edge gathers into one record does not wait past Pingora's flush.
+#[test]
+fn a_streamed_chunk_reaches_a_tls_client_before_the_rest_is_sent() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc::{channel, Receiver};
+    use std::sync::Mutex;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let (release, released) = channel::<()>();
+    let released: Arc<Mutex<Receiver<()>>> = Arc::new(Mutex::new(released));
+    let (waited_tx, waited) = channel::<bool>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let (released, waited_tx) = (Arc::clone(&released), waited_tx.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut request_line = String::new();
+                while reader.read_line(&mut request_line).is_ok_and(|n| n > 0) {
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    if !request_line.starts_with("GET /api/stream ") {
+                        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                        let _ = stream.write_all(ok.as_bytes());
+                        request_line.clear();
+                        continue;
+                    }
+                    let head =
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                    stream.write_all(head.as_bytes()).expect("first chunk");
+                    let by_client = released
+                        .lock()
+                        .expect("release")
+                        .recv_timeout(Duration::from_secs(3))
+                        .is_ok();
+                    let _ = stream.write_all(b"4\r\nrest\r\n0\r\n\r\n");
+                    let _ = waited_tx.send(by_client);
+                    request_line.clear();
+                }
+            });
+        }
+    });
+    let edge = Edge::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{backend}\"] }}\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n"
+    ));
+    let mut tls = http1_over_tls(&edge);
+    tls.write_all(b"GET /api/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"first\r\n") {
+        tls.read_exact(&mut byte).expect("the first chunk");
+        got.push(byte[0]);
+    }
+    release.send(()).expect("release the rest");
+    while !got.ends_with(b"0\r\n\r\n") {
+        tls.read_exact(&mut byte).expect("the rest");
+        got.push(byte[0]);
+    }
+    let sent_after_release = waited
+        .recv_timeout(Duration::from_secs(10))
+        .expect("backend");
+    assert!(
+        sent_after_release,
+        "the first chunk came only with the rest"
+    );
+    assert!(String::from_utf8_lossy(&got).contains("rest"));
+}
