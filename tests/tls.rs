@@ -91,15 +91,7 @@ async fn alpn(addr: SocketAddr, offers: &'static [&'static [u8]]) -> Option<Vec<
 }
 
 fn api_edge(backend: &Backend) -> Edge {
-    Edge::start(&format!(
-        r#"
-upstreams:
-  api: {{ backends: {list} }}
-routes:
-  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}
-"#,
-        list = backend_list(&[backend])
-    ))
+    Edge::start(&raw::api(backend, ""))
 }
 
 /// A TLS 1.3-only client completes the handshake and gets a proxied response.
@@ -375,30 +367,6 @@ fn http2_connection_is_not_cut_off_by_the_header_deadline() {
     assert!(acked, "no SETTINGS from the server");
 }
 
-/// Reads one HTTP/1.1 response with a `Content-Length` body from a kept-alive connection and
-/// returns its body.
-fn read_one_response(tls: &mut rustls::StreamOwned<ClientConnection, TcpStream>) -> Vec<u8> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).expect("response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).expect("ascii head");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .expect("content-length");
-    let mut body = vec![0u8; length];
-    tls.read_exact(&mut body).expect("response body");
-    body
-}
-
 /// A kept-alive HTTP/1.1 connection to the edge over TLS (whichever version it prefers).
 fn http1_over_tls(edge: &Edge) -> rustls::StreamOwned<ClientConnection, TcpStream> {
     handshake(
@@ -408,11 +376,14 @@ fn http1_over_tls(edge: &Edge) -> rustls::StreamOwned<ClientConnection, TcpStrea
     )
 }
 
-/// Sends `GET target` on a kept-alive connection and returns the response's body.
+/// Sends `GET target` on a kept-alive connection and returns the body of its 200 response.
 fn get_body(tls: &mut rustls::StreamOwned<ClientConnection, TcpStream>, target: &str) -> Vec<u8> {
     let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n");
     tls.write_all(req.as_bytes()).expect("write");
-    read_one_response(tls)
+    // Nothing follows the response on the connection, so the reader's buffer holds no more.
+    let resp = raw::read_response(&mut std::io::BufReader::new(&mut *tls)).expect("response");
+    assert_eq!(resp.status(), 200, "{}", resp.head);
+    resp.body
 }
 
 /// Every request on one kept-alive HTTPS connection tells the backend it came over TLS and
@@ -562,9 +533,7 @@ fn a_streamed_chunk_reaches_a_tls_client_before_the_rest_is_sent() {
             });
         }
     });
-    let edge = Edge::start(&format!(
-        "upstreams:\n  api: {{ backends: [\"{backend}\"] }}\nroutes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: api }}\n"
-    ));
+    let edge = Edge::start(&raw::api_at(&format!("[\"{backend}\"]"), ""));
     let mut tls = http1_over_tls(&edge);
     tls.write_all(b"GET /api/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .expect("write");

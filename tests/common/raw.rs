@@ -45,7 +45,7 @@ impl Response {
 }
 
 /// Reads one response (Content-Length or chunked body); `None` if the server closed first.
-pub fn read_response(r: &mut BufReader<TcpStream>) -> Option<Response> {
+pub fn read_response(r: &mut impl BufRead) -> Option<Response> {
     let mut head = String::new();
     loop {
         let mut line = String::new();

@@ -23,10 +23,11 @@
 #![allow(clippy::new_without_default)]
 
 use bytes::BufMut;
+use bytes::Bytes;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
 use http::request::Parts as ReqParts;
 use http::response::Parts as RespParts;
-use http::uri::Uri;
+use http::uri::{PathAndQuery, Uri};
 use pingora_error::{ErrorType::*, OrErr, Result};
 use std::borrow::Cow;
 use std::ops::Deref;
@@ -165,11 +166,7 @@ impl RequestHeader {
         path: &[u8],
         size_hint: Option<usize>,
     ) -> Result<Self> {
-        let mut req = Self::build_no_case(method, path, size_hint)?;
-        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
-        Ok(req)
+        Self::build_from(method, path, None, size_hint, true)
     }
 
     /// Create a new [RequestHeader] with the given method and path without preserving header case.
@@ -182,22 +179,30 @@ impl RequestHeader {
         path: &[u8],
         size_hint: Option<usize>,
     ) -> Result<Self> {
-        let mut req = Self::new_no_case(size_hint);
-        req.base.method = method
-            .try_into()
-            .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
-        req.set_raw_path(path)?;
-        Ok(req)
+        Self::build_from(method, path, None, size_hint, false)
     }
 
     /// [`Self::build()`] (with `case`, else [`Self::build_no_case()`]) from a request-target
-    /// held in shared bytes, such as the buffer the request was read into: an origin-form
-    /// target, the usual one, is kept in the [`Uri`] without being copied, so that copies of
-    /// the request share it too. Other forms are stored as [`Self::set_raw_path()`] stores
-    /// them. (Tollgate patch 6, see vendor/README.md.)
+    /// held in shared bytes, such as the buffer the request was read into: a target the
+    /// [`Uri`] holds whole (origin-form, the usual one; asterisk-form; query-only) is kept in
+    /// it as a slice of those bytes, not a copy, so that copies of the request share it too.
+    /// Other forms are stored as [`Self::set_raw_path()`] stores them. (Tollgate patch 6, see
+    /// vendor/README.md.)
     pub fn build_shared(
         method: impl TryInto<Method>,
-        target: bytes::Bytes,
+        target: Bytes,
+        size_hint: Option<usize>,
+        case: bool,
+    ) -> Result<Self> {
+        Self::build_from(method, &target, Some(&target), size_hint, case)
+    }
+
+    /// The builders' one body: `target` lies in `shared` when it is given (see
+    /// [`Self::build_shared()`]); `case` keeps a map of header names' case.
+    fn build_from(
+        method: impl TryInto<Method>,
+        target: &[u8],
+        shared: Option<&Bytes>,
         size_hint: Option<usize>,
         case: bool,
     ) -> Result<Self> {
@@ -210,24 +215,7 @@ impl RequestHeader {
         req.base.method = method
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
-        // As `parse_request_target`: a fragment is not part of the target.
-        let target = match target.iter().position(|&byte| byte == b'#') {
-            Some(fragment_start) => target.slice(..fragment_start),
-            None => target,
-        };
-        let origin_form = matches!(target.first(), Some(b'/' | b'?'));
-        if !origin_form || std::str::from_utf8(&target).is_err() {
-            req.set_raw_path(&target)?;
-            return Ok(req);
-        }
-        let invalid = || format!("invalid uri {}", String::from_utf8_lossy(&target));
-        let path_and_query = http::uri::PathAndQuery::from_maybe_shared(target.clone())
-            .explain_err(InvalidHTTPHeader, |_| invalid())?;
-        req.base.uri = Uri::builder()
-            .path_and_query(path_and_query)
-            .build()
-            .explain_err(InvalidHTTPHeader, |_| invalid())?;
-        req.raw_target = RawTarget::FromUri;
+        req.set_target(target, shared)?;
         Ok(req)
     }
 
@@ -362,9 +350,14 @@ impl RequestHeader {
     ///
     /// [RFC 9112 section 3.2]: https://www.rfc-editor.org/rfc/rfc9112.html#section-3.2
     pub fn set_raw_path(&mut self, path: &[u8]) -> Result<()> {
+        self.set_target(path, None)
+    }
+
+    /// [`Self::set_raw_path()`], with the target lying in `shared` when that is given.
+    fn set_target(&mut self, path: &[u8], shared: Option<&Bytes>) -> Result<()> {
         // Everything is computed before anything is stored: a rejected target must
         // leave the existing one intact.
-        let parsed = parse_request_target(path)?;
+        let parsed = parse_request_target(path, shared)?;
         self.base.uri = parsed.uri;
         // Origin-form and asterisk-form store RawTarget::FromUri, so a reused header
         // (e.g. a CONNECT mutated into a normal request) cannot serialize a stale
@@ -763,6 +756,18 @@ fn path_and_query_uri(path_and_query: &str, target: &str) -> Result<Uri> {
         .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"))
 }
 
+/// [`path_and_query_uri`] of a non-empty path-and-query held in shared bytes: the Uri keeps a
+/// slice of them, not a copy (Tollgate patch 6).
+fn shared_path_and_query_uri(path_and_query: Bytes, target: &str) -> Result<Uri> {
+    let invalid = || format!("invalid uri {target}");
+    let path_and_query = PathAndQuery::from_maybe_shared(path_and_query)
+        .explain_err(InvalidHTTPHeader, |_| invalid())?;
+    Uri::builder()
+        .path_and_query(path_and_query)
+        .build()
+        .explain_err(InvalidHTTPHeader, |_| invalid())
+}
+
 /// A request-target parsed into the pieces a [RequestHeader] stores.
 struct ParsedRequestTarget {
     /// The [Uri] to store, carrying at most a path-and-query component.
@@ -771,8 +776,10 @@ struct ParsedRequestTarget {
     raw_target: RawTarget,
 }
 
-/// Parse a request-target (RFC 9112 §3.2) into the pieces to store on the header.
-fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
+/// Parse a request-target (RFC 9112 §3.2) into the pieces to store on the header. When the
+/// target lies in `shared`, a target the Uri holds whole keeps a slice of it instead of a copy
+/// (Tollgate patch 6).
+fn parse_request_target(target: &[u8], shared: Option<&Bytes>) -> Result<ParsedRequestTarget> {
     // A fragment is not part of the request-target (§3.2) and is separated from the URI
     // before dereference (RFC 3986 §3.5), so it must not reach the upstream request-line.
     // `#` is ASCII, so stripping it here rather than after the UTF-8 check applies the
@@ -791,8 +798,14 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     // and path_and_query() renders it as "/".
     if target.is_empty() || matches!(target.first(), Some(b'/' | b'?')) || target == b"*" {
         return Ok(match std::str::from_utf8(target) {
-            Ok(target) => ParsedRequestTarget {
-                uri: path_and_query_uri(target, target)?,
+            Ok(text) => ParsedRequestTarget {
+                uri: match shared {
+                    // (An empty target is the builder's to render as "/".)
+                    Some(owner) if !target.is_empty() => {
+                        shared_path_and_query_uri(owner.slice_ref(target), text)?
+                    }
+                    _ => path_and_query_uri(text, text)?,
+                },
                 raw_target: RawTarget::FromUri,
             },
             // Put a valid UTF-8 rendering into the Uri for read-only access, and keep the

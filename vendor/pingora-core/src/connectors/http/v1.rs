@@ -37,19 +37,9 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Result<(HttpSession, bool)> {
-        let (http, reused) = self.get_boxed_http_session(peer).await?;
-        Ok((*http, reused))
-    }
-
-    /// [`Self::get_http_session`], boxed, as [`crate::connectors::http::Connector`] keeps it.
-    /// (Tollgate patch, see vendor/README.md.)
-    pub(crate) async fn get_boxed_http_session<P: Peer + Send + Sync + 'static>(
-        &self,
-        peer: &P,
-    ) -> Result<(Box<HttpSession>, bool)> {
         let key = peer.reuse_hash();
         let (stream, reused) = self.transport.get_stream_keyed(peer, key).await?;
-        Ok((Self::session(stream, peer, key), reused))
+        Ok((*Self::session(stream, peer, key), reused))
     }
 
     /// A session on a new connection to `peer`, without looking in the pool. (Tollgate patch

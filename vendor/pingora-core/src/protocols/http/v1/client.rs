@@ -273,18 +273,18 @@ impl HttpSession {
                 content_length: None,
             });
         }
-        if !has_content_length {
-            return Ok(ResponseFraming {
-                chunked: false,
-                content_length: None,
-            });
-        }
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed. Conflicting or duplicate values are always an
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
-        let content_length = match super::common::content_length_for_framing(&resp_header.headers) {
+        // (Tollgate patch 20: not looked up when the response has none.)
+        let framing = if has_content_length {
+            super::common::content_length_for_framing(&resp_header.headers)
+        } else {
+            Ok(None)
+        };
+        let content_length = match framing {
             Ok(length) => length,
             Err(e) => {
                 if self.allow_h1_response_invalid_content_length

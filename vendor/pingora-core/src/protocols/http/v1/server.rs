@@ -564,13 +564,15 @@ impl HttpSession {
             return Ok(RequestFraming::Chunked);
         }
 
-        if !has_content_length {
-            return Ok(RequestFraming::Length(0));
-        }
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
-        let length = content_length_for_framing(&req_header.headers)?;
+        // (Tollgate patch 20: not looked up when the request has none.)
+        let length = if has_content_length {
+            content_length_for_framing(&req_header.headers)?
+        } else {
+            None
+        };
         Ok(RequestFraming::Length(length.unwrap_or(0)))
     }
 
